@@ -1,0 +1,22 @@
+//! The crate both images and the build tool share.
+//!
+//! Everything here is pure logic over plain values and byte slices, so the whole crate is
+//! unit-tested on the build machine (`cargo test`). The only machine-specific part is the
+//! `asm!` emitted by the alternative macros, which compiles for AArch64 targets only.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cpucaps`] | the capability list, detection from ID registers, sanitisation, finalisation, boot-argument overrides |
+//! | [`alternative`] | the 12-byte alternative record, callback ids, the site macros |
+//! | [`insn`] | A64 instruction encoders and decoders used by the patcher and the callbacks |
+//! | [`patch`] | applying one alternatives pass to an image held as bytes |
+//! | [`va_layout`] | the hyp VA layout (`kern_hyp_va`) and the layout callbacks |
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod alternative;
+pub mod cpucaps;
+pub mod insn;
+pub mod patch;
+pub mod va_layout;

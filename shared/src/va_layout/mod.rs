@@ -1,0 +1,1 @@
+//! The hyp VA layout (`kern_hyp_va`) and the callbacks that patch layout constants.
