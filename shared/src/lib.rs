@@ -10,13 +10,17 @@
 //! | [`alternative`] | the 12-byte alternative record, callback ids, the site macros |
 //! | [`insn`] | A64 instruction encoders and decoders used by the patcher and the callbacks |
 //! | [`patch`] | applying one alternatives pass to an image held as bytes |
+//! | [`hyp_image`] | the hyp image file format: header, checksum, verification, relocation |
 //! | [`va_layout`] | the hyp VA layout (`kern_hyp_va`) and the layout callbacks |
+//! | [`callbacks`] | the boot-pass and system-pass callback resolvers |
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub mod alternative;
+pub mod callbacks;
 pub mod cpucaps;
+pub mod hyp_image;
 pub mod insn;
 pub mod patch;
 pub mod va_layout;

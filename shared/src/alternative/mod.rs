@@ -6,8 +6,15 @@
 //! code — holds a [`CallbackId`] in `alt_offset` instead of a PC-relative pointer. The
 //! host resolves the id to one of its functions when it patches (see [`crate::patch`]).
 
+mod macros;
 mod record;
 
+#[cfg(target_arch = "aarch64")]
+pub use macros::{
+    boot_capabilities_finalized, final_ctr_el0, kern_hyp_va, kimage_voffset,
+    system_capabilities_finalized,
+};
+pub use macros::{callback_cap_field, callback_template_bytes, plain_cap_field, site_cap_number};
 pub use record::{AltRecord, RecordError, ALT_RECORD_SIZE, CB_BIT};
 
 /// Callbacks, named by a small stable id because the hyp image cannot point at host code.

@@ -1,13 +1,34 @@
-//! CPU capabilities: the one list of caps, sets of caps, and (in submodules) detection
-//! from ID registers, sanitisation across CPUs, finalisation and boot-argument overrides.
+//! CPU capabilities: the one list of caps ([`Cap`]), sets of caps ([`CapSet`]), and in
+//! submodules the ID-register snapshot and sanitisation ([`IdRegs`], [`Sanitiser`]), the
+//! cap table and detection ([`CAP_TABLE`], [`detect`]), boot-argument overrides
+//! ([`BootArgs`]) and finalisation ([`BootCpu`] → [`Bringup`] → [`FinalCaps`]).
 //!
 //! Cap numbers are stable: `ALWAYS_BOOT` = 0, `ALWAYS_SYSTEM` = 1, then the rest in
 //! Linux's (alphabetical) order. Alternative records carry these numbers, so both images
 //! and the host must agree on them — which they do by all using this module.
+//!
+//! Everything here is pure: the arch layer reads the registers with `mrs` into an
+//! [`IdRegs`] and hands it over; nothing allocates.
 
+mod finalize;
+mod overrides;
+pub mod regs;
 mod set;
+mod table;
 
+pub use finalize::{BootCpu, Bringup, Conflict, ConflictKind, ConflictList, FinalCaps};
+pub use overrides::{
+    BootArgs, Diagnostic, DiagnosticKind, Diagnostics, FieldOverride, FieldOverrides, KvmMode,
+    MAX_DIAGNOSTICS, MAX_FIELD_OVERRIDES,
+};
+pub use regs::{
+    fields, sanitise, sanitised_ctr_el0, DumpError, Field, IdRegs, Midr, Reg, SafeRule, Sanitiser,
+};
 pub use set::CapSet;
+pub use table::{
+    caps_with_scope, detect, midr_in_list, parts, spectre_bhb_loop_k, CapInfo, CapType, Firmware,
+    FwWorkaround, MidrRange, Platform, Rule, Scope, Scopes, SoftwareInputs, CAP_TABLE,
+};
 
 /// Defines [`Cap`], its numbering and its Linux names in one place.
 macro_rules! define_caps {
@@ -44,32 +65,50 @@ define_caps! {
     AlwaysBoot = 0 => "ALWAYS_BOOT",
     AlwaysSystem = 1 => "ALWAYS_SYSTEM",
     Bti = 2 => "BTI",
-    HasAddressAuth = 3 => "HAS_ADDRESS_AUTH",
-    HasArmv84Ttl = 4 => "HAS_ARMv8_4_TTL",
-    HasCacheDic = 5 => "HAS_CACHE_DIC",
-    HasCacheIdc = 6 => "HAS_CACHE_IDC",
-    HasCnp = 7 => "HAS_CNP",
-    HasCrc32 = 8 => "HAS_CRC32",
-    HasE0pd = 9 => "HAS_E0PD",
-    HasGenericAuth = 10 => "HAS_GENERIC_AUTH",
-    HasLseAtomics = 11 => "HAS_LSE_ATOMICS",
-    HasPan = 12 => "HAS_PAN",
-    HasRasExtn = 13 => "HAS_RAS_EXTN",
-    HasRng = 14 => "HAS_RNG",
-    HasSb = 15 => "HAS_SB",
-    HasStage2Fwb = 16 => "HAS_STAGE2_FWB",
-    HasSysregGicCpuif = 17 => "HAS_SYSREG_GIC_CPUIF",
-    HasTlbRange = 18 => "HAS_TLB_RANGE",
-    HasVirtHostExtn = 19 => "HAS_VIRT_HOST_EXTN",
-    KvmProtectedMode = 20 => "KVM_PROTECTED_MODE",
-    SpectreBhb = 21 => "SPECTRE_BHB",
-    SpectreV3a = 22 => "SPECTRE_V3A",
-    Ssbs = 23 => "SSBS",
-    Sve = 24 => "SVE",
-    Workaround1742098 = 25 => "WORKAROUND_1742098",
-    Workaround843419 = 26 => "WORKAROUND_843419",
-    Workaround845719 = 27 => "WORKAROUND_845719",
-    WorkaroundSpeculativeAt = 28 => "WORKAROUND_SPECULATIVE_AT",
+    Has32bitEl0 = 3 => "HAS_32BIT_EL0",
+    Has32bitEl1 = 4 => "HAS_32BIT_EL1",
+    HasAddressAuth = 5 => "HAS_ADDRESS_AUTH",
+    HasAddressAuthArchQarma3 = 6 => "HAS_ADDRESS_AUTH_ARCH_QARMA3",
+    HasAddressAuthArchQarma5 = 7 => "HAS_ADDRESS_AUTH_ARCH_QARMA5",
+    HasAddressAuthImpDef = 8 => "HAS_ADDRESS_AUTH_IMP_DEF",
+    HasAmuExtn = 9 => "HAS_AMU_EXTN",
+    HasArmv84Ttl = 10 => "HAS_ARMv8_4_TTL",
+    HasCacheDic = 11 => "HAS_CACHE_DIC",
+    HasCacheIdc = 12 => "HAS_CACHE_IDC",
+    HasCnp = 13 => "HAS_CNP",
+    HasCrc32 = 14 => "HAS_CRC32",
+    HasDcpodp = 15 => "HAS_DCPODP",
+    HasDcpop = 16 => "HAS_DCPOP",
+    HasE0pd = 17 => "HAS_E0PD",
+    HasGenericAuth = 18 => "HAS_GENERIC_AUTH",
+    HasGenericAuthArchQarma3 = 19 => "HAS_GENERIC_AUTH_ARCH_QARMA3",
+    HasGenericAuthArchQarma5 = 20 => "HAS_GENERIC_AUTH_ARCH_QARMA5",
+    HasGenericAuthImpDef = 21 => "HAS_GENERIC_AUTH_IMP_DEF",
+    HasLdapr = 22 => "HAS_LDAPR",
+    HasLseAtomics = 23 => "HAS_LSE_ATOMICS",
+    HasPan = 24 => "HAS_PAN",
+    HasRasExtn = 25 => "HAS_RAS_EXTN",
+    HasRng = 26 => "HAS_RNG",
+    HasSb = 27 => "HAS_SB",
+    HasStage2Fwb = 28 => "HAS_STAGE2_FWB",
+    HasSysregGicCpuif = 29 => "HAS_SYSREG_GIC_CPUIF",
+    HasTlbRange = 30 => "HAS_TLB_RANGE",
+    HasVirtHostExtn = 31 => "HAS_VIRT_HOST_EXTN",
+    HwDbm = 32 => "HW_DBM",
+    KvmProtectedMode = 33 => "KVM_PROTECTED_MODE",
+    Sme = 34 => "SME",
+    SpectreBhb = 35 => "SPECTRE_BHB",
+    SpectreV2 = 36 => "SPECTRE_V2",
+    SpectreV3a = 37 => "SPECTRE_V3A",
+    SpectreV4 = 38 => "SPECTRE_V4",
+    Ssbs = 39 => "SSBS",
+    Sve = 40 => "SVE",
+    Workaround1742098 = 41 => "WORKAROUND_1742098",
+    Workaround834220 = 42 => "WORKAROUND_834220",
+    Workaround843419 = 43 => "WORKAROUND_843419",
+    Workaround845719 = 44 => "WORKAROUND_845719",
+    WorkaroundDeviceLoadAcquire = 45 => "WORKAROUND_DEVICE_LOAD_ACQUIRE",
+    WorkaroundSpeculativeAt = 46 => "WORKAROUND_SPECULATIVE_AT",
 }
 
 impl Cap {
