@@ -1,13 +1,184 @@
 //! The EL1 host kernel, booted by QEMU at EL2 as an arm64 Image.
+//!
+//! Boot order: `arch::head` (EL2 set-up and hyp stub, drop to EL1, early MMU) →
+//! [`primary_main`]: heap, device tree → [`el1_host::bootinfo::BootInfo`], final page
+//! tables (`arch::mmu`), console and logging, the rest of RAM into the heap, secondary
+//! CPUs (`smp`), then the status line and PSCI SYSTEM_OFF (see
+//! [`el1_host::status`]).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
+mod arch;
+mod console;
+mod logger;
+mod mm;
+mod psci;
+mod smp;
+
+use arch::mmu::{ImageSections, KernelTables};
 use core::panic::PanicInfo;
+use el1_host::bootargs::{BootArgs, TestFault};
+use el1_host::bootinfo::BootInfo;
+use el1_host::layout::{self, KernelImage, LinearMap};
+use el1_host::status::{ExitStatus, STATUS_PREFIX};
+
+/// The hyp image xtask built, embedded when `HYP_IMAGE` was set at build time.
+#[cfg(has_hyp_image)]
+static HYP_IMAGE: Option<&[u8]> = Some(include_bytes!(env!("HYP_IMAGE_PATH")));
+/// No hyp image was named at build time: the host runs without a hyp.
+#[cfg(not(has_hyp_image))]
+static HYP_IMAGE: Option<&[u8]> = None;
+
+/// The largest DTB the boot protocol allows.
+const DTB_MAX_SIZE: usize = 2 * 1024 * 1024;
+
+/// Rust entry of the boot CPU, called by `arch::head` at the KIMAGE VA with the early
+/// tables (which identity-map the DTB) and the boot stack.
+extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
+    mm::heap::init();
+    let sections = ImageSections::get();
+    let image = KernelImage {
+        load_pa: image_pa,
+        size: sections.end - sections.text,
+    };
+
+    // SAFETY: the early TTBR0 identity-maps the 2 MiB from dtb_pa (the protocol's maximum
+    // DTB size); the boot loader does not change the DTB while we run.
+    let blob = unsafe { core::slice::from_raw_parts(dtb_pa as *const u8, DTB_MAX_SIZE) };
+    let info = match BootInfo::from_dtb(blob, dtb_pa) {
+        Ok(info) => info,
+        // Without a device tree there is no console to report to and no PSCI to stop with.
+        Err(_) => halt(),
+    };
+    if let Some(m) = info.psci {
+        psci::set_method(m);
+    }
+    let linear = match LinearMap::new(&info.memory) {
+        Ok(l) => l,
+        Err(_) => exit(ExitStatus::Panic),
+    };
+    let mut tables = match KernelTables::build(image, &linear, &sections) {
+        Ok(t) => t,
+        Err(_) => exit(ExitStatus::Panic),
+    };
+    let uart_va = match tables.ioremap(info.uart.start, info.uart.end - info.uart.start) {
+        Ok(va) => va,
+        Err(_) => exit(ExitStatus::Panic),
+    };
+    // SAFETY: boot CPU, early tables live, KIMAGE VA; the new tables map the whole image
+    // (stack and static heap included) at the same VAs.
+    unsafe { tables.activate(image) };
+    // SAFETY: uart_va maps the PL011 the device tree names, as device memory, for good.
+    unsafe { console::init(uart_va as usize) };
+
+    let (args, warnings) = BootArgs::parse(&info.bootargs);
+    logger::init(args.log_level);
+    println!(
+        "host: el1-host {} booting on cpu mpidr={:#x} midr={:#x}, entered at EL{boot_el}",
+        env!("CARGO_PKG_VERSION"),
+        arch::sysreg::mpidr_el1() & el1_host::bootinfo::MPIDR_HWID_MASK,
+        arch::sysreg::midr_el1()
+    );
+    for w in &warnings {
+        log::warn!("bootargs: {w}");
+    }
+    log::info!("bootargs: \"{}\"", info.bootargs);
+    println!(
+        "memory: ram={} MiB regions={:x?} dtb={:#x}..{:#x}",
+        info.ram_bytes() >> 20,
+        info.memory,
+        info.dtb.start,
+        info.dtb.end
+    );
+    println!(
+        "layout: kimage_vaddr={:#x} load_pa={:#x} kimage_voffset={:#x} image_size={:#x} \
+         page_offset={:#x} memstart={:#x}",
+        layout::KIMAGE_VADDR,
+        image.load_pa,
+        image.voffset(),
+        image.size,
+        layout::PAGE_OFFSET,
+        linear.memstart
+    );
+    log::info!(
+        "mmu: ttbr0={:#x} ttbr1={:#x} tcr={:#x} sctlr={:#x}",
+        arch::sysreg::ttbr0_el1(),
+        arch::sysreg::ttbr1_el1(),
+        arch::sysreg::tcr_el1(),
+        arch::sysreg::sctlr_el1()
+    );
+    log::info!(
+        "devices: pl011={:#x} (va {uart_va:#x}) gic={:x?} psci={:?}",
+        info.uart.start,
+        info.gic,
+        info.psci
+    );
+    log::info!(
+        "seeds: kaslr-seed={} rng-seed={} bytes",
+        if info.kaslr_seed.is_some() {
+            "present"
+        } else {
+            "absent"
+        },
+        info.rng_seed.len()
+    );
+
+    // Everything in RAM that is not the image, the DTB or reserved becomes heap.
+    let mut reserved = alloc::vec![image.phys_range(), info.dtb.clone()];
+    reserved.extend(info.reserved.iter().cloned());
+    for r in layout::free_ranges(&linear.regions, &reserved) {
+        if let (Ok(start), Ok(_)) = (linear.pa_to_va(r.start), linear.pa_to_va(r.end - 1)) {
+            // SAFETY: the range is RAM mapped RW in the linear map, and is not the image,
+            // the DTB or a reserved region, so nothing else uses it.
+            unsafe { mm::heap::add(start as usize, (start + (r.end - r.start)) as usize) };
+        }
+    }
+    log::info!("heap: {} MiB", mm::heap::total_bytes() >> 20);
+
+    match HYP_IMAGE {
+        Some(hyp) => log::info!("hyp: image embedded ({} bytes), not loaded yet", hyp.len()),
+        None => log::info!("hyp: no hyp image embedded"),
+    }
+
+    match args.test_fault {
+        Some(TestFault::Panic) => panic!("host.test_fault=panic requested a panic"),
+        Some(TestFault::Abort) => arch::sysreg::fault_by_unmapped_load(),
+        None => {}
+    }
+
+    let report = smp::start_secondaries(&info, &image, &linear, tables.ttbr0(), tables.ttbr1());
+    println!("smp: cpus={} online={}", report.present, report.online);
+    if report.online == report.present {
+        exit(ExitStatus::Success)
+    } else {
+        exit(ExitStatus::CpusMissing)
+    }
+}
+
+/// Prints the status line and powers the machine off.
+fn exit(status: ExitStatus) -> ! {
+    console::emergency_print(format_args!("{STATUS_PREFIX}{}\n", status.code()));
+    if let Some(e) = psci::system_off() {
+        console::emergency_print(format_args!("host: PSCI SYSTEM_OFF failed: {e}\n"));
+    }
+    halt()
+}
+
+/// Stops this CPU for good.
+fn halt() -> ! {
+    loop {
+        arch::sysreg::wfe();
+    }
+}
 
 #[panic_handler]
-fn panic(_info: &PanicInfo) -> ! {
-    loop {
-        core::hint::spin_loop();
-    }
+fn panic(info: &PanicInfo) -> ! {
+    console::emergency_print(format_args!(
+        "panic: cpu mpidr={:#x}: {info}\n",
+        arch::sysreg::mpidr_el1() & el1_host::bootinfo::MPIDR_HWID_MASK
+    ));
+    exit(ExitStatus::Panic)
 }

@@ -1,15 +1,24 @@
 //! `cargo xtask`: the project's build and test driver.
 //!
 //! `test` is the command CI runs: formatting, lints for the host and the
-//! `aarch64-unknown-none` crates, every host test, and the AArch64 builds.
+//! `aarch64-unknown-none` crates, every host test (the QEMU boot tests included), and
+//! the AArch64 builds. `build` makes the hyp image and the host Image that embeds it;
+//! `qemu` builds and boots it.
+
+mod hyp_image;
 
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("build") => build(),
+        Some("build") => build().map(|_| ()),
+        Some("qemu") => qemu(&args[1..]),
         Some("test") => test(),
+        Some("hyp-image") => hyp_image::build_hyp_image(&hyp_image::workspace_root()).map(|_| ()),
+        Some("size") => hyp_image::build_hyp_image(&hyp_image::workspace_root())
+            .and_then(|p| hyp_image::size_report(&p))
+            .map(|s| print!("{s}")),
         Some(other) => Err(format!("unknown task `{other}`\n{USAGE}")),
         None => Err(USAGE.to_string()),
     };
@@ -22,9 +31,13 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <build|test>
-  build   build el2 and el1-host for aarch64-unknown-none
-  test    fmt check, clippy (host + aarch64), cargo test, aarch64 builds";
+const USAGE: &str = "usage: cargo xtask <build|qemu|test|hyp-image|size>
+  build   build el2 and the hyp image, then el1-host embedding it, and write the
+          arm64 Image target/aarch64-unknown-none/release/el1-host.img
+  qemu    build, then boot the Image under QEMU and exit with the host's status:
+          qemu [--cpu NAME] [--smp N] [--mem SIZE] [--append ARGS] [--timeout SECS] [--gdb]
+          (defaults: --cpu max --smp 2 --mem 1G --timeout 60)
+  test    fmt check, clippy (host + aarch64), cargo test (boot tests included), builds";
 
 const TARGET: &str = "aarch64-unknown-none";
 const AARCH64_CRATES: [&str; 2] = ["el2", "el1-host"];
@@ -52,8 +65,73 @@ fn aarch64_args<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-fn build() -> Result<(), String> {
-    cargo(&aarch64_args("build", &[]))
+/// Builds both crates, the hyp image, and the host Image embedding it; returns the Image.
+fn build() -> Result<std::path::PathBuf, String> {
+    let root = xtask::build::workspace_root();
+    let hyp = hyp_image_for_host(&root)?;
+    xtask::build::build_host_image(&root, hyp.as_deref())
+}
+
+/// The hyp image the host embeds: `HYP_IMAGE` from the environment if set (a prebuilt
+/// one), else the one `hyp_image` builds from el2.
+fn hyp_image_for_host(root: &std::path::Path) -> Result<Option<std::path::PathBuf>, String> {
+    match std::env::var_os("HYP_IMAGE").filter(|v| !v.is_empty()) {
+        Some(p) => Ok(Some(p.into())),
+        None => hyp_image::build_hyp_image(root).map(Some),
+    }
+}
+
+/// `cargo xtask qemu …`
+fn qemu(args: &[String]) -> Result<(), String> {
+    use xtask::qemu::{self, QemuConfig};
+    let mut cfg = QemuConfig::new(qemu::image_path(&xtask::build::workspace_root()));
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--cpu" => cfg.cpu = value()?,
+            "--smp" => {
+                let v = value()?;
+                cfg.smp = v.parse().map_err(|_| format!("--smp {v}: not a number"))?;
+            }
+            "--mem" => cfg.mem = value()?,
+            "--append" => cfg.append = Some(value()?),
+            "--timeout" => {
+                let v = value()?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout {v}: not a number of seconds"))?;
+                cfg.timeout = Some(std::time::Duration::from_secs(secs));
+            }
+            "--gdb" => cfg.gdb = true,
+            other => return Err(format!("qemu: unknown option `{other}`\n{USAGE}")),
+        }
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    qemu::ensure_installed().map_err(|e| e.to_string())?;
+    cfg.image = build()?;
+    if cfg.gdb {
+        cfg.timeout = None;
+        let elf =
+            xtask::build::workspace_root().join("target/aarch64-unknown-none/release/el1-host");
+        eprintln!(
+            "xtask: QEMU waits for gdb on localhost:1234; attach with:\n  gdb-multiarch {} -ex 'target remote :1234'",
+            elf.display()
+        );
+    }
+    eprintln!("xtask: {} {}", qemu::QEMU, cfg.args().join(" "));
+    let report = qemu::run(&cfg, |line| println!("{line}")).map_err(|e| e.to_string())?;
+    match report.failure() {
+        None => Ok(()),
+        Some(why) => {
+            eprintln!("xtask: {why}");
+            std::process::exit(report.exit_code().into())
+        }
+    }
 }
 
 fn test() -> Result<(), String> {
@@ -71,6 +149,21 @@ fn test() -> Result<(), String> {
         "warnings",
     ])?;
     cargo(&aarch64_args("clippy", &["--", "-D", "warnings"]))?;
-    cargo(&["test"])?;
-    build()
+    // el1-host's pure logic (DTB, bootargs, layout) runs on the build machine too.
+    cargo(&[
+        "clippy", "-p", "el1-host", "--lib", "--tests", "--", "-D", "warnings",
+    ])?;
+    cargo(&["test", "-p", "el1-host", "--lib"])?;
+    // Build first so the boot tests (a default member) find a fresh Image.
+    let image = build()?;
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("test")
+        .env("EL1_HOST_IMAGE", &image)
+        .status()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo test` failed ({status})"))
+    }
 }

@@ -1,0 +1,3 @@
+//! Memory management: the kernel heap (page tables live in `arch::mmu`).
+
+pub mod heap;
