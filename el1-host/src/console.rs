@@ -1,10 +1,11 @@
-//! The console: a PL011 UART (transmit only) behind a lock, the `print!`/`println!` macros,
+//! The console: a PL011 UART (transmit only) behind the host's ticket lock
+//! ([`crate::sync::SpinLock`]), the `print!`/`println!` macros,
 //! and an emergency path for panics and exceptions that does not wait for a lock held by a
 //! CPU that will never release it.
 
+use crate::sync::SpinLock;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use spin::Mutex;
 
 /// PL011 registers this driver uses (offsets in bytes).
 mod reg {
@@ -47,7 +48,7 @@ impl Write for Pl011 {
     }
 }
 
-static CONSOLE: Mutex<Option<Pl011>> = Mutex::new(None);
+static CONSOLE: SpinLock<Option<Pl011>> = SpinLock::new(None);
 static BASE: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts the console on the PL011 mapped at `base_va`.

@@ -7,6 +7,8 @@
 //! - [`layout`]: the virtual-memory layout (KIMAGE VA, linear map, MMIO window) and the
 //!   arithmetic on physical ranges the memory setup needs.
 //! - [`status`]: the machine-readable exit-status line that `cargo xtask qemu` reads.
+//! - [`vmm`]: the VMM's device models (PL011, PSCI), MMIO routing, guest image loading
+//!   and guest device-tree generation.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -17,3 +19,4 @@ pub mod bootargs;
 pub mod bootinfo;
 pub mod layout;
 pub mod status;
+pub mod vmm;

@@ -11,12 +11,16 @@
 
 extern crate alloc;
 
+mod alternatives;
 mod arch;
 mod console;
+mod cpufeature;
+mod hyp;
 mod logger;
 mod mm;
 mod psci;
 mod smp;
+mod sync;
 
 use arch::mmu::{ImageSections, KernelTables};
 use core::panic::PanicInfo;
@@ -129,6 +133,9 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     // Everything in RAM that is not the image, the DTB or reserved becomes heap.
     let mut reserved = alloc::vec![image.phys_range(), info.dtb.clone()];
     reserved.extend(info.reserved.iter().cloned());
+    // The hyp's carve-out is taken before the heap gets the rest of RAM.
+    let hyp_mem = hyp::reserve(HYP_IMAGE, info.cpus.len(), &linear.regions, &reserved);
+    reserved.extend(hyp_mem.range());
     for r in layout::free_ranges(&linear.regions, &reserved) {
         if let (Ok(start), Ok(_)) = (linear.pa_to_va(r.start), linear.pa_to_va(r.end - 1)) {
             // SAFETY: the range is RAM mapped RW in the linear map, and is not the image,
@@ -138,9 +145,13 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     }
     log::info!("heap: {} MiB", mm::heap::total_bytes() >> 20);
 
-    match HYP_IMAGE {
-        Some(hyp) => log::info!("hyp: image embedded ({} bytes), not loaded yet", hyp.len()),
-        None => log::info!("hyp: no hyp image embedded"),
+    // Caps of the boot CPU, then the boot pass over the host image before any
+    // secondary CPU exists (LINUX-FACTS §4.2).
+    smp::init(&info);
+    let boot_cpu = smp::this_cpu_index().unwrap_or(0);
+    let boot = cpufeature::detect_boot_cpu(boot_cpu, &info.bootargs);
+    if let Err(e) = alternatives::apply_boot_pass(&boot, &mut tables, &image) {
+        panic!("alternatives: boot pass over the host image failed: {e}");
     }
 
     match args.test_fault {
@@ -149,9 +160,59 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
         None => {}
     }
 
-    let report = smp::start_secondaries(&info, &image, &linear, tables.ttbr0(), tables.ttbr1());
+    // Secondaries must see the boot CPU's caps already applied (ALWAYS_BOOT site).
+    assert!(
+        shared::alternative::boot_capabilities_finalized(),
+        "secondary CPUs started before the boot alternatives pass"
+    );
+    let mut bringup = boot.start_secondaries();
+    let smp_tables = smp::SecondaryTables {
+        image: &image,
+        linear: &linear,
+        ttbr0: tables.ttbr0(),
+        ttbr1: tables.ttbr1(),
+    };
+    let report = smp::start_secondaries(&info, &smp_tables, &mut |cpu, regs| {
+        cpufeature::admit_secondary(&mut bringup, cpu, regs)
+    });
     println!("smp: cpus={} online={}", report.present, report.online);
-    if report.online == report.present {
+
+    // One final cap set, then the system pass over the host image and the hyp image
+    // while the other CPUs wait in the rendezvous (LINUX-FACTS §4.2: the hyp layout and
+    // relocations come before the hyp's system pass; `hyp::load` does all three).
+    let fin = cpufeature::finalize(bringup);
+    let hyp_inputs = |seed| hyp::Inputs {
+        linear: &linear,
+        kimage_voffset: image.voffset(),
+        caps: fin,
+        seed,
+        nokaslr: args.nokaslr,
+        on_each_cpu: smp::on_each_cpu,
+        mair: arch::sysreg::mair_el1(),
+    };
+    let mut hyp_mem = Some(hyp_mem);
+    let mut staged = None;
+    let pass = alternatives::apply_system_pass(fin, &mut tables, &image, None, &mut || {
+        // The host's text (its RNDR site included) is patched and synchronised here.
+        let seed = arch::rng::entropy_for_hyp_tag(&info);
+        staged = hyp_mem.take().map(|m| hyp::load(m, &hyp_inputs(seed)));
+    });
+    if let Err(e) = pass {
+        panic!("alternatives: system pass over the host image failed: {e}");
+    }
+    let mut selftests_ok = cpufeature::selftests();
+    selftests_ok &= alternatives::selftest_text_protection(&linear, &image);
+
+    // Caps are final and both images are patched: install the hyp on every CPU.
+    let hyp = match staged {
+        Some(s) => hyp::install(s, &hyp_inputs(None)),
+        None => hyp::Outcome::Refused,
+    };
+    selftests_ok &= hyp.is_success();
+
+    if !selftests_ok {
+        exit(ExitStatus::SelftestFailed)
+    } else if report.online == report.present {
         exit(ExitStatus::Success)
     } else {
         exit(ExitStatus::CpusMissing)

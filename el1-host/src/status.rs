@@ -22,6 +22,8 @@ pub enum ExitStatus {
     UnexpectedException = 2,
     /// Some CPUs listed in the device tree did not come up.
     CpusMissing = 3,
+    /// A `selftest:` line reported FAILED (the line says what).
+    SelftestFailed = 4,
 }
 
 impl ExitStatus {

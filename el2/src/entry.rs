@@ -1,5 +1,11 @@
-//! The host vector table (the `__kvm_hyp_host_vector` analogue, LINUX-FACTS §6.3) and the
-//! save/restore of the host's general-purpose registers around the Rust handlers.
+//! The host vector table (the `__kvm_hyp_host_vector` analogue, LINUX-FACTS §6.3), its
+//! Spectre-v3a hardened twin (LINUX-FACTS §2.3–§2.4), and the save/restore of the host's
+//! general-purpose registers around the Rust handlers.
+//!
+//! # The real table, `__hyp_host_vector`
+//!
+//! Every entry starts with the two-instruction preamble `esb; stp x0, x1, [sp, #-16]!`
+//! (`VECTOR_PREAMBLE`, 8 bytes) and then branches to its handler with x0/x1 saved:
 //!
 //! * Exceptions taken from EL2 itself, and lower-EL IRQ/FIQ/SError: hyp panic.
 //! * Lower-EL synchronous (AArch64 and AArch32): an HVC with x0 below
@@ -8,10 +14,38 @@
 //!   HVC_STUB_ERR. Everything else saves x0–x30 into a [`HostContext`] on the hyp stack
 //!   and calls [`handle_host_trap`]; the registers are restored from the context, so a
 //!   handler changes exactly what it writes there.
+//!
+//! # The hardened table, `__hyp_host_vector_hardened`
+//!
+//! Installed instead of the real one by init on Spectre-v3a systems (an alternative), so
+//! that the real table's address is never in VBAR_EL2 (the point of v3a hardening: a
+//! leaked VBAR says nothing about where hyp text is). Each 128-byte entry:
+//!
+//! ```text
+//! esb
+//! stp  x0, x1, [sp, #-16]!             // the preamble the real entry skips
+//! <count the entry in this CPU's block>  // for the hyp-vectors selftest
+//! b    2f        ─┐ PatchNops callback, cap SPECTRE_BHB: NOP when the loop is needed
+//! movz x0, #32    │ BhbLoopIter callback, cap SPECTRE_BHB: the system's loop count k
+//! 1: b . + 4      │ the BHB loop: k taken branches
+//! subs x0, x0, #1 │
+//! b.ne 1b         │
+//! dsb ish; isb   ─┘
+//! 2: nop x4        HypVectorBranch callback, cap SPECTRE_V3A:
+//!                  movz/movk/movk x0 = real entry + 8; br x0
+//! b    __hyp_host_vector + entry + 8   // direct fallback while unpatched
+//! ```
+//!
+//! The callback sites carry the caps themselves (SPECTRE_V3A, SPECTRE_BHB), so on
+//! unaffected systems their templates stay as they are.
 
-use crate::hyp_init::{HVC_RESET_VECTORS, HVC_SOFT_RESTART, HVC_STUB_ERR, HVC_STUB_HCALL_NR};
-use crate::{hypercall, sysreg};
+use crate::asm_alt::asm_alt_cb;
+use crate::{hypercall, percpu, sysreg};
 use core::arch::global_asm;
+use shared::alternative::{callback_cap_field, CallbackId};
+use shared::cap_likely;
+use shared::cpucaps::Cap;
+use shared::hypercall::stub;
 
 /// The host's x0–x30 as saved on entry (x0 is at index 0).
 #[repr(C)]
@@ -31,35 +65,85 @@ const EC_HVC64: u64 = 0x16;
 
 /// Rust side of every lower-EL synchronous exception that is not a stub call.
 extern "C" fn handle_host_trap(ctxt: &mut HostContext) {
+    let cpu = percpu::this_cpu();
+    // RAS: the `esb` of the preamble deferred any pending SError into DISR_EL1, which
+    // exists only with the RAS extension.
+    if cap_likely!(Cap::HasRasExtn) && sysreg::take_deferred_serror() {
+        percpu::bump(&cpu.deferred_serrors);
+    }
     match (sysreg::esr_el2() >> 26) & 0x3f {
-        EC_HVC64 => hypercall::handle_host_hcall(ctxt),
+        EC_HVC64 => {
+            percpu::bump(&cpu.host_calls);
+            hypercall::handle_host_hcall(ctxt)
+        }
         _ => crate::hyp_panic(),
     }
 }
 
 global_asm!(
     ".pushsection .hyp.vectors, \"ax\"",
+    // ---- The real table: preamble, then a branch to the handler. ----
     ".balign 2048",
     ".global __hyp_host_vector",
     "__hyp_host_vector:",
     // Current EL with SP_EL0, then with SP_ELx: the hyp itself faulted.
     ".rept 8",
     ".balign 128",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
     "b __hyp_vec_invalid",
     ".endr",
     // Lower EL, AArch64: synchronous, IRQ, FIQ, SError.
     ".balign 128",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
     "b __hyp_host_sync",
     ".rept 3",
     ".balign 128",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
     "b __hyp_vec_invalid",
     ".endr",
     // Lower EL, AArch32: synchronous, IRQ, FIQ, SError.
     ".balign 128",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
     "b __hyp_host_sync",
     ".rept 3",
     ".balign 128",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
     "b __hyp_vec_invalid",
+    ".endr",
+    ".balign 128",
+    //
+    // ---- The hardened table: 16 identical stubs (see the module documentation). ----
+    ".balign 2048",
+    ".global __hyp_host_vector_hardened",
+    "__hyp_host_vector_hardened:",
+    ".rept 16",
+    ".balign 128",
+    "9:",
+    "hint #16 // esb",
+    "stp x0, x1, [sp, #-16]!",
+    "mrs x0, tpidr_el2",
+    "adrp x1, {percpu}",
+    "add x1, x1, :lo12:{percpu}",
+    "add x1, x1, x0",
+    "ldr x0, [x1, #{hits}]",
+    "add x0, x0, #1",
+    "str x0, [x1, #{hits}]",
+    asm_alt_cb!("b 2f", "cap_bhb_cb", "cb_nops"),
+    asm_alt_cb!("movz x0, #32", "cap_bhb_cb", "cb_bhb_iter"),
+    "1:",
+    "b . + 4",
+    "subs x0, x0, #1",
+    "b.ne 1b",
+    "dsb ish",
+    "isb",
+    "2:",
+    asm_alt_cb!("nop\nnop\nnop\nnop", "cap_v3a_cb", "cb_vector"),
+    "b __hyp_host_vector + (9b - __hyp_host_vector_hardened) + {preamble}",
     ".endr",
     ".balign 128",
     "__hyp_host_vector_end:",
@@ -68,8 +152,8 @@ global_asm!(
     "wfe",
     "b __hyp_vec_invalid",
     //
+    // x0 and x1 are on the stack (preamble).
     "__hyp_host_sync:",
-    "stp x0, x1, [sp, #-16]!",
     "mrs x0, esr_el2",
     "ubfx x0, x0, #26, #6",
     "cmp x0, #{ec_hvc64}",
@@ -133,11 +217,19 @@ global_asm!(
     "eret",
     ".popsection",
     ec_hvc64 = const EC_HVC64,
-    stub_nr = const HVC_STUB_HCALL_NR,
-    soft_restart = const HVC_SOFT_RESTART,
-    reset_vectors = const HVC_RESET_VECTORS,
-    stub_err_lo = const HVC_STUB_ERR & 0xffff,
-    stub_err_hi = const (HVC_STUB_ERR >> 16) & 0xffff,
+    stub_nr = const stub::HVC_STUB_HCALL_NR,
+    soft_restart = const stub::HVC_SOFT_RESTART,
+    reset_vectors = const stub::HVC_RESET_VECTORS,
+    stub_err_lo = const stub::HVC_STUB_ERR & 0xffff,
+    stub_err_hi = const (stub::HVC_STUB_ERR >> 16) & 0xffff,
     ctxt = const CTXT_SIZE,
     handler = sym handle_host_trap,
+    percpu = sym percpu::HYP_PERCPU,
+    hits = const percpu::HARDENED_ENTRIES_OFFSET,
+    preamble = const shared::va_layout::VECTOR_PREAMBLE,
+    cap_bhb_cb = const callback_cap_field(Cap::SpectreBhb.number()),
+    cap_v3a_cb = const callback_cap_field(Cap::SpectreV3a.number()),
+    cb_nops = const CallbackId::PatchNops.raw(),
+    cb_bhb_iter = const CallbackId::BhbLoopIter.raw(),
+    cb_vector = const CallbackId::HypVectorBranch.raw(),
 );

@@ -4,58 +4,38 @@
 //!
 //! The host installs the init vector with the hyp-stub HVC_SET_VECTORS (physical address),
 //! then issues the SMCCC call `0xC600_0000` with x1 = physical address of this CPU's
-//! [`InitParams`]. The handler programs TPIDR, SP, MAIR, HCR, VTTBR, VTCR, TTBR0, TCR
-//! (PS from ID_AA64MMFR0_EL1.PARange, capped at 48 bits), invalidates the TLBs, turns
-//! the MMU on, records where the stub handler lives and sets VBAR_EL2 to the host
-//! vector's hyp VA. Only x0–x3 are changed.
+//! [`InitParams`]. The handler programs TPIDR, SP, MAIR, HCR, VTTBR, VTCR, TTBR0 (+CnP),
+//! TCR (PS from ID_AA64MMFR0_EL1.PARange, capped at 48 bits), invalidates the TLBs, turns
+//! the MMU on (+PAuth keys enabled, +BTI), records where the stub handler lives and sets
+//! VBAR_EL2 to the host vector's hyp VA — the Spectre-v3a hardened table on affected
+//! systems. Only x0–x3 are changed.
 //!
-//! The host vector's hyp VA and the VA of `__hyp_idmap_stub_pa` come from pointer
-//! slots in rodata that the host rebased (relocation list); they are read while the
-//! MMU is still off, through PC-relative physical addresses.
+//! The cap-dependent steps are alternatives (no cap state is read): `HAS_CNP` sets
+//! TTBR0_EL2.CnP, `HAS_ADDRESS_AUTH` sets SCTLR_EL2.{EnIA,EnIB,EnDA,EnDB}, `BTI` sets
+//! SCTLR_EL2.BT, `SPECTRE_V3A` picks the hardened vector table. The host patches this page
+//! like the rest of the image before it cleans the image to PoC and installs it.
+//!
+//! The host vectors' hyp VAs and the VA of `__hyp_idmap_stub_pa` come from pointer slots
+//! in rodata that the host rebased (relocation list); they are read while the MMU is still
+//! off, through PC-relative physical addresses.
 
+use crate::asm_alt::asm_alt_plain;
 use core::arch::global_asm;
-use core::mem::offset_of;
+use shared::alternative::plain_cap_field;
+use shared::cpucaps::Cap;
+use shared::hypercall::{init_params_offset as params, stub, HCALL_BASE};
 
-/// The per-CPU init parameters (`struct kvm_nvhe_init_params` of Linux v6.1), filled by
-/// the host and cleaned to the point of coherency, since they are read with the MMU off.
-// Written by the host and read only by the init assembly, through these offsets.
-#[allow(dead_code)]
-#[repr(C)]
-pub struct InitParams {
-    /// MAIR_EL2.
-    pub mair_el2: u64,
-    /// TCR_EL2 without PS (the hyp fills PS from PARange).
-    pub tcr_el2: u64,
-    /// TPIDR_EL2: this CPU's per-CPU block minus the link-time template.
-    pub tpidr_el2: u64,
-    /// Top of this CPU's hyp stack (hyp VA).
-    pub stack_hyp_va: u64,
-    /// Physical address of the stack page (for the host's bookkeeping).
-    pub stack_pa: u64,
-    /// Physical address of the hyp stage-1 root table.
-    pub pgd_pa: u64,
-    /// HCR_EL2 for running the host.
-    pub hcr_el2: u64,
-    /// VTTBR_EL2 (0 until there is a host stage-2).
-    pub vttbr: u64,
-    /// VTCR_EL2 (0 until there is a host stage-2).
-    pub vtcr: u64,
-}
+// The init parameters are shared with the host; the assembly reads them by offset.
+#[allow(unused_imports)]
+pub use shared::hypercall::InitParams;
 
-/// Number of hyp-stub calls (x0 below it is a stub call, LINUX-FACTS §6.1).
-pub const HVC_STUB_HCALL_NR: u64 = 4;
-/// Stub: set VBAR_EL2 to x1.
-pub const HVC_SET_VECTORS: u64 = 0;
-/// Stub: MMU off, stub vectors, jump to x1 with x0..x2 = x2..x4.
-pub const HVC_SOFT_RESTART: u64 = 1;
-/// Stub: MMU off, stub vectors back in place.
-pub const HVC_RESET_VECTORS: u64 = 2;
-/// What a stub call the hyp does not serve returns.
-pub const HVC_STUB_ERR: u64 = 0xbad_ca11;
 /// SCTLR_EL2 RES1 bits: the MMU-off value.
 pub const SCTLR_EL2_MMU_OFF: u64 = 0x30c5_0830;
 /// SCTLR_EL2 with M, C, SA, I, WXN, IESB and ITFSB on top of RES1.
 pub const SCTLR_EL2_MMU_ON: u64 = 0x20_30ed_183d;
+/// SCTLR_EL2.BT: BTI checks for guarded pages at EL2.
+const SCTLR_EL2_BT: u64 = 1 << 36;
+const _: () = assert!(HCALL_BASE == 0xc600 << 16);
 
 global_asm!(
     // Pointer slots the host rebases to hyp VAs; read before the MMU is on.
@@ -64,6 +44,7 @@ global_asm!(
     "__hyp_init_ptrs:",
     ".quad __hyp_host_vector",
     ".quad __hyp_idmap_stub_pa",
+    ".quad __hyp_host_vector_hardened",
     ".popsection",
     // Written once per CPU by init (same value each time): where the stub handler sits
     // physically, so the host vector can reach it to turn the MMU off.
@@ -120,6 +101,8 @@ global_asm!(
     "ldr x0, [x1, #{vtcr}]",
     "msr vtcr_el2, x0",
     "ldr x0, [x1, #{pgd}]",
+    // CnP: the tables are the same on every CPU.
+    asm_alt_plain!("nop", "orr x0, x0, #1", "cap_cnp"),
     "msr ttbr0_el2, x0",
     "ldr x0, [x1, #{tcr}]",
     "mrs x2, id_aa64mmfr0_el1",
@@ -137,11 +120,19 @@ global_asm!(
     "adrp x1, __hyp_init_ptrs",
     "add x1, x1, :lo12:__hyp_init_ptrs",
     "ldr x3, [x1, #8]", // hyp VA of __hyp_idmap_stub_pa
-    "ldr x1, [x1]",     // hyp VA of the host vector
+    // Hyp VA of the host vector, or of its hardened twin on Spectre-v3a systems.
+    asm_alt_plain!("ldr x1, [x1]", "ldr x1, [x1, #16]", "cap_v3a"),
     "adr x2, __hyp_idmap_stub_hvc",
     "movz x0, #{sctlr_lo}",
     "movk x0, #{sctlr_mid}, lsl #16",
     "movk x0, #{sctlr_hi}, lsl #32",
+    // Pointer authentication: EnIA | EnIB, EnDA, EnDB.
+    asm_alt_plain!(
+        "nop\nnop\nnop",
+        "orr x0, x0, #0xc0000000\norr x0, x0, #0x8000000\norr x0, x0, #0x2000",
+        "cap_pauth"
+    ),
+    asm_alt_plain!("nop", "orr x0, x0, #{sctlr_bt}", "cap_bti"),
     "msr sctlr_el2, x0",
     "isb",
     // MMU on; this page is identity mapped, the data store goes through the hyp VA.
@@ -191,23 +182,28 @@ global_asm!(
     "mov x0, #0",
     "eret",
     ".popsection",
-    stub_nr = const HVC_STUB_HCALL_NR,
-    tpidr = const offset_of!(InitParams, tpidr_el2),
-    stack = const offset_of!(InitParams, stack_hyp_va),
-    mair = const offset_of!(InitParams, mair_el2),
-    hcr = const offset_of!(InitParams, hcr_el2),
-    vttbr = const offset_of!(InitParams, vttbr),
-    vtcr = const offset_of!(InitParams, vtcr),
-    pgd = const offset_of!(InitParams, pgd_pa),
-    tcr = const offset_of!(InitParams, tcr_el2),
+    stub_nr = const stub::HVC_STUB_HCALL_NR,
+    tpidr = const params::TPIDR_EL2,
+    stack = const params::STACK_HYP_VA,
+    mair = const params::MAIR_EL2,
+    hcr = const params::HCR_EL2,
+    vttbr = const params::VTTBR,
+    vtcr = const params::VTCR,
+    pgd = const params::PGD_PA,
+    tcr = const params::TCR_EL2,
     sctlr_lo = const SCTLR_EL2_MMU_ON & 0xffff,
     sctlr_mid = const (SCTLR_EL2_MMU_ON >> 16) & 0xffff,
     sctlr_hi = const (SCTLR_EL2_MMU_ON >> 32) & 0xffff,
+    sctlr_bt = const SCTLR_EL2_BT,
     off_lo = const SCTLR_EL2_MMU_OFF & 0xffff,
     off_hi = const (SCTLR_EL2_MMU_OFF >> 16) & 0xffff,
-    set_vectors = const HVC_SET_VECTORS,
-    soft_restart = const HVC_SOFT_RESTART,
-    reset_vectors = const HVC_RESET_VECTORS,
-    stub_err_lo = const HVC_STUB_ERR & 0xffff,
-    stub_err_hi = const (HVC_STUB_ERR >> 16) & 0xffff,
+    set_vectors = const stub::HVC_SET_VECTORS,
+    soft_restart = const stub::HVC_SOFT_RESTART,
+    reset_vectors = const stub::HVC_RESET_VECTORS,
+    stub_err_lo = const stub::HVC_STUB_ERR & 0xffff,
+    stub_err_hi = const (stub::HVC_STUB_ERR >> 16) & 0xffff,
+    cap_cnp = const plain_cap_field(Cap::HasCnp.number()),
+    cap_v3a = const plain_cap_field(Cap::SpectreV3a.number()),
+    cap_pauth = const plain_cap_field(Cap::HasAddressAuth.number()),
+    cap_bti = const plain_cap_field(Cap::Bti.number()),
 );

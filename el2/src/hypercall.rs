@@ -1,71 +1,148 @@
-//! The host hypercall table (DESIGN §6): SMCCC fast calls owned by the vendor hypervisor,
-//! `x0 = 0xC600_0000 | id`, arguments in x1…; on dispatch x0 = 0 (SUCCESS) and the
-//! handler's result goes in x1; an unknown id, or one without a handler, gets x0 =
-//! NOT_SUPPORTED (−1). Ids follow Linux v6.1's numbering (LINUX-FACTS §6.3) until the
-//! shared ABI module defines them for both sides.
+//! The host hypercall table (DESIGN §6) with the ABI of `shared::hypercall`: SMCCC fast
+//! calls owned by the vendor hypervisor, `x0 = 0xC600_0000 | id`, arguments in x1…; on
+//! success x0 = 0 and results in x1…; an unknown id, an id without a handler, the init id
+//! or a setup call after `FinaliseSetup` gets x0 = NOT_SUPPORTED (−1); an argument that
+//! fails validation gets x0 = INVALID_PARAMETER (−3) with the reason in x1, and changes
+//! nothing.
 //!
 //! The table is an array of function pointers in rodata: its slots are exactly what the
-//! image's relocation list rebases.
+//! image's relocation list rebases. After the bounds check on the id, a speculation
+//! barrier (an `HAS_SB` alternative) keeps the table load from running ahead of it.
 
 use crate::entry::HostContext;
-use crate::sysreg;
+use crate::{caps, percpu, sysreg};
+use core::sync::atomic::{AtomicBool, Ordering};
+use shared::hypercall::{
+    check_read64_arg, decode_func, is_linear_va, HcallError, HcallId, CAP_WORDS, HYP_ABI_VERSION,
+    NR_HCALLS, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS,
+};
 
-/// SMCCC function id of host call 0 (fast call, SMC64, owner 6 = vendor hypervisor).
-pub const HCALL_BASE: u64 = 0xc600_0000;
-/// SMCCC hint bit, ignored when decoding (as Linux does).
-const SMCCC_HINT: u64 = 1 << 16;
-/// SMCCC SUCCESS.
-pub const SMCCC_SUCCESS: u64 = 0;
-/// SMCCC NOT_SUPPORTED (−1).
-pub const SMCCC_NOT_SUPPORTED: u64 = u64::MAX;
+/// A host-call handler: reads its arguments from the context, writes its results into
+/// x1… of it; x0 is the dispatcher's.
+type Handler = fn(&mut HostContext) -> Result<(), HcallError>;
 
-/// `__kvm_hyp_init`: served by the init vector only; refused here.
-pub const HCALL_HYP_INIT: u64 = 0;
-/// `__kvm_get_mdcr_el2`.
-pub const HCALL_GET_MDCR_EL2: u64 = 1;
-/// `__kvm_flush_vm_context`.
-pub const HCALL_FLUSH_VM_CONTEXT: u64 = 13;
-
-/// A host-call handler: reads its arguments from the context, returns the value for x1.
-type Handler = fn(&HostContext) -> u64;
-
-/// Number of ids the table covers.
-const NR_HCALLS: usize = 23;
+/// Set by `FinaliseSetup`; from then on setup calls are refused on every CPU. Hyp-owned
+/// state (like Linux's "pKVM initialised" key), not capability state.
+static SETUP_CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// The dispatch table, indexed by id.
 static HOST_HCALLS: [Option<Handler>; NR_HCALLS] = {
     let mut t: [Option<Handler>; NR_HCALLS] = [None; NR_HCALLS];
     // Init runs only through the init vector, with the MMU off.
-    t[HCALL_HYP_INIT as usize] = None;
-    t[HCALL_GET_MDCR_EL2 as usize] = Some(handle_get_mdcr_el2);
-    t[HCALL_FLUSH_VM_CONTEXT as usize] = Some(handle_flush_vm_context);
+    t[HcallId::HypInit as usize] = None;
+    t[HcallId::GetMdcrEl2 as usize] = Some(handle_get_mdcr_el2);
+    t[HcallId::FinaliseSetup as usize] = Some(handle_finalise_setup);
+    t[HcallId::FlushVmContext as usize] = Some(handle_flush_vm_context);
+    t[HcallId::Ping as usize] = Some(handle_ping);
+    t[HcallId::EvalCaps as usize] = Some(handle_eval_caps);
+    t[HcallId::KernHypVa as usize] = Some(handle_kern_hyp_va);
+    t[HcallId::PatchedConstants as usize] = Some(handle_patched_constants);
+    t[HcallId::VectorStats as usize] = Some(handle_vector_stats);
+    t[HcallId::HostRead64 as usize] = Some(handle_host_read64);
     t
 };
 
-fn handle_get_mdcr_el2(_ctxt: &HostContext) -> u64 {
-    sysreg::mdcr_el2()
+fn handle_get_mdcr_el2(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    ctxt.regs[1] = sysreg::mdcr_el2();
+    Ok(())
 }
 
-fn handle_flush_vm_context(_ctxt: &HostContext) -> u64 {
+fn handle_finalise_setup(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    SETUP_CLOSED.store(true, Ordering::Release);
+    ctxt.regs[1] = 0;
+    Ok(())
+}
+
+fn handle_flush_vm_context(ctxt: &mut HostContext) -> Result<(), HcallError> {
     sysreg::flush_all_guest_contexts();
-    0
+    ctxt.regs[1] = 0;
+    Ok(())
 }
 
-/// The handler for SMCCC function id `x0`, if there is one.
+fn handle_ping(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    ctxt.regs[1] = HYP_ABI_VERSION;
+    Ok(())
+}
+
+fn handle_eval_caps(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    let mut words = [0u64; CAP_WORDS];
+    caps::hyp_eval_caps(&mut words);
+    ctxt.regs[1..=CAP_WORDS].copy_from_slice(&words);
+    Ok(())
+}
+
+fn handle_kern_hyp_va(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    let va = ctxt.regs[1];
+    if !is_linear_va(va) {
+        return Err(HcallError::OutOfRange);
+    }
+    ctxt.regs[1] = shared::alternative::kern_hyp_va(va);
+    Ok(())
+}
+
+fn handle_patched_constants(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    ctxt.regs[1] = shared::alternative::kimage_voffset();
+    ctxt.regs[2] = shared::alternative::final_ctr_el0();
+    Ok(())
+}
+
+fn handle_vector_stats(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    let cpu = percpu::this_cpu();
+    ctxt.regs[1] = cpu.hardened_entries.load(Ordering::Relaxed);
+    ctxt.regs[2] = cpu.host_calls.load(Ordering::Relaxed);
+    Ok(())
+}
+
+/// Hyp-owned memory: the image itself (text to the end of bss), which the host may not
+/// read through the hyp.
+fn in_hyp_image(hyp_va: u64) -> bool {
+    extern "C" {
+        static __hyp_text_start: u8;
+        static __hyp_end: u8;
+    }
+    // Only the addresses of the linker symbols are taken (PC-relative, so hyp VAs).
+    let start = core::ptr::addr_of!(__hyp_text_start) as u64;
+    let end = core::ptr::addr_of!(__hyp_end) as u64;
+    (start..end).contains(&hyp_va)
+}
+
+fn handle_host_read64(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    let va = ctxt.regs[1];
+    check_read64_arg(va)?;
+    let hyp_va = shared::alternative::kern_hyp_va(va);
+    if in_hyp_image(hyp_va) {
+        return Err(HcallError::OutOfRange);
+    }
+    if sysreg::translate_read(hyp_va).is_none() {
+        return Err(HcallError::NotMapped);
+    }
+    // SAFETY: the address is 8-byte aligned and the hyp's stage 1 maps it readable (the
+    // AT above); it is host RAM in the linear map, which the host may change under us,
+    // hence the volatile read of a plain integer.
+    ctxt.regs[1] = unsafe { core::ptr::read_volatile(hyp_va as *const u64) };
+    Ok(())
+}
+
+/// The handler for SMCCC function id `x0`, if there is one and it may run now.
 fn lookup(x0: u64) -> Option<Handler> {
-    let id = (x0 & !SMCCC_HINT).checked_sub(HCALL_BASE)?;
-    let id = usize::try_from(id).ok()?;
-    HOST_HCALLS.get(id).copied().flatten()
+    let id = HcallId::from_number(decode_func(x0)?)?;
+    sysreg::speculation_barrier();
+    if id.is_setup() && SETUP_CLOSED.load(Ordering::Acquire) {
+        return None;
+    }
+    HOST_HCALLS.get(id as usize).copied().flatten()
 }
 
-/// Decodes and runs one host hypercall; x0/x1 of `ctxt` receive the SMCCC result.
+/// Decodes and runs one host hypercall; x0/x1… of `ctxt` receive the SMCCC result.
 pub fn handle_host_hcall(ctxt: &mut HostContext) {
     match lookup(ctxt.regs[0]) {
-        Some(handler) => {
-            let ret = handler(ctxt);
-            ctxt.regs[0] = SMCCC_SUCCESS;
-            ctxt.regs[1] = ret;
-        }
+        Some(handler) => match handler(ctxt) {
+            Ok(()) => ctxt.regs[0] = SMCCC_SUCCESS,
+            Err(e) => {
+                ctxt.regs[0] = SMCCC_INVALID_PARAMETER;
+                ctxt.regs[1] = e.code();
+            }
+        },
         None => ctxt.regs[0] = SMCCC_NOT_SUPPORTED,
     }
 }

@@ -1,7 +1,11 @@
 //! The few EL2 system-register accesses and barriers the Rust side of the hyp needs.
-//! Everything else (vectors, init) is assembly in its own file.
+//! Everything else (vectors, init) is assembly in its own file. Cap-dependent ones are
+//! alternatives: the speculation barrier (`HAS_SB`), and DISR_EL1, which exists only
+//! with the RAS extension (its callers check `HAS_RAS_EXTN` with `cap_likely!`).
 
 use core::arch::asm;
+use shared::alternative;
+use shared::cpucaps::Cap;
 
 /// ESR_EL2: syndrome of the exception being handled.
 pub fn esr_el2() -> u64 {
@@ -17,6 +21,72 @@ pub fn mdcr_el2() -> u64 {
     // SAFETY: reading MDCR_EL2 at EL2 has no side effects.
     unsafe { asm!("mrs {}, mdcr_el2", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
+}
+
+/// TPIDR_EL2: this CPU's per-CPU offset, set by init.
+pub fn tpidr_el2() -> u64 {
+    let v: u64;
+    // SAFETY: reading TPIDR_EL2 at EL2 has no side effects.
+    unsafe { asm!("mrs {}, tpidr_el2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Reads and clears DISR_EL1 (a deferred SError recorded by `esb`); whether one was
+/// pending. Only call when the system has `HAS_RAS_EXTN`: without RAS the register
+/// does not exist and the access is UNDEFINED.
+pub fn take_deferred_serror() -> bool {
+    let v: u64;
+    // SAFETY: DISR_EL1 exists (the caller checked HAS_RAS_EXTN); reading it and writing
+    // zero only acknowledges the deferred error.
+    unsafe {
+        asm!(
+            "mrs {v}, s3_0_c12_c1_1", // DISR_EL1
+            "cbz {v}, 1f",
+            "msr s3_0_c12_c1_1, xzr",
+            "1:",
+            v = out(reg) v,
+            options(nomem, nostack)
+        )
+    };
+    v != 0
+}
+
+/// Speculation barrier after a bounds check: `SB` where the CPUs have it (`HAS_SB`),
+/// else `DSB NSH; ISB`.
+#[inline(always)]
+pub fn speculation_barrier() {
+    // SAFETY: barriers only; no memory, stack or flags are touched.
+    unsafe {
+        alternative!(
+            cap = Cap::HasSb,
+            default = ["dsb nsh", "isb"],
+            replacement = [".inst 0xd50330ff // sb", "nop"],
+            options(nostack, preserves_flags),
+        )
+    }
+}
+
+/// The PA behind hyp VA `va` if the hyp's stage 1 maps it readable (AT S1E2R).
+pub fn translate_read(va: u64) -> Option<u64> {
+    let par: u64;
+    // SAFETY: AT only fills PAR_EL1; the ISB makes the result visible to the MRS. The host
+    // does not keep anything in PAR_EL1 across a hypercall (it is the host's scratch
+    // result register for its own AT instructions, which it reads right after them).
+    unsafe {
+        asm!(
+            "at s1e2r, {va}",
+            "isb",
+            "mrs {par}, par_el1",
+            va = in(reg) va,
+            par = out(reg) par,
+            options(nostack, preserves_flags)
+        )
+    };
+    // PAR_EL1.F (bit 0) set: the walk faulted.
+    if par & 1 != 0 {
+        return None;
+    }
+    Some((par & 0x0000_ffff_ffff_f000) | (va & 0xfff))
 }
 
 /// Invalidates all EL1&0 stage-1 and stage-2 TLB entries (all VMIDs) and the instruction

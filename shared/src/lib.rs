@@ -11,8 +11,11 @@
 //! | [`insn`] | A64 instruction encoders and decoders used by the patcher and the callbacks |
 //! | [`patch`] | applying one alternatives pass to an image held as bytes |
 //! | [`hyp_image`] | the hyp image file format: header, checksum, verification, relocation |
+//! | [`hypercall`] | the host ↔ hyp ABI: call ids, return codes, init parameters |
 //! | [`va_layout`] | the hyp VA layout (`kern_hyp_va`) and the layout callbacks |
 //! | [`callbacks`] | the boot-pass and system-pass callback resolvers |
+//! | [`exit`] | the typed guest exit record: decoding from ESR/FAR/HPFAR and its wire form |
+//! | [`stage2`] | stage-2 parameters: VTCR_EL2, VTTBR_EL2, table geometry, descriptor attributes |
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
@@ -20,7 +23,11 @@
 pub mod alternative;
 pub mod callbacks;
 pub mod cpucaps;
+pub mod exit;
+pub mod guest_abi;
 pub mod hyp_image;
+pub mod hypercall;
 pub mod insn;
 pub mod patch;
+pub mod stage2;
 pub mod va_layout;

@@ -34,10 +34,21 @@ pub fn cargo_in(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<(),
     }
 }
 
+/// The host's output section holding the alternatives patcher and the SMP rendezvous
+/// (linker/el1-host.ld), where no alternative site may be.
+pub const NOPATCH_SECTION: &str = ".text.nopatch";
+
 /// Builds el1-host (release, `aarch64-unknown-none`, linked by `linker/el1-host.ld`
 /// through its build script), embedding `hyp_image` when given (the host's build script
-/// reads `HYP_IMAGE`), and writes the Image next to the ELF. Returns the Image path.
-pub fn build_host_image(root: &Path, hyp_image: Option<&Path>) -> Result<PathBuf, String> {
+/// reads `HYP_IMAGE`), runs `check_elf` on the linked ELF (a failure fails the build; xtask
+/// passes the hyp-image pipeline's "no patch site in [`NOPATCH_SECTION`]" check, which
+/// returns the number of records checked), and writes the Image next to the ELF. Returns
+/// the Image path.
+pub fn build_host_image(
+    root: &Path,
+    hyp_image: Option<&Path>,
+    check_elf: &dyn Fn(&[u8]) -> Result<usize, String>,
+) -> Result<PathBuf, String> {
     let env: Vec<(&str, &Path)> = hyp_image.map(|p| ("HYP_IMAGE", p)).into_iter().collect();
     cargo_in(
         root,
@@ -47,6 +58,8 @@ pub fn build_host_image(root: &Path, hyp_image: Option<&Path>) -> Result<PathBuf
     let elf_path = root.join("target").join(TARGET).join("release/el1-host");
     let elf =
         std::fs::read(&elf_path).map_err(|e| format!("cannot read {}: {e}", elf_path.display()))?;
+    let records = check_elf(&elf).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    eprintln!("xtask: host ELF: {records} alternative records, none inside {NOPATCH_SECTION}");
     let img = image::elf_to_image(&elf).map_err(|e| format!("{}: {e}", elf_path.display()))?;
     let out = crate::qemu::image_path(root);
     std::fs::write(&out, &img).map_err(|e| format!("cannot write {}: {e}", out.display()))?;

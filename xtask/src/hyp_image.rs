@@ -19,6 +19,10 @@
 //!   through alternative sites, which need no data.
 //! * For an image with a patcher (the host): an alternative record whose original site
 //!   lies in the patcher's own section ([`check_no_patch_sites`]).
+//! * A cap query in el2 that is not an alternative: the cap-evaluation function
+//!   ([`CAP_EVAL_SYMBOL`]) must hold exactly `NCAPS` alternative sites, one per cap number
+//!   ([`check_cap_eval_sites`]). Together with the absence of cap-state data symbols this
+//!   is the build-time proof that el2 tests caps only through patched instructions.
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, Rela, SectionHeader};
@@ -28,8 +32,10 @@ use shared::hyp_image::{HypImage, HypLayout, ImageRange, PAGE_SIZE};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The Rust target el2 is built for.
-const TARGET: &str = "aarch64-unknown-none";
+/// The Rust target el2 is built for: the soft-float variant, so the compiler never
+/// touches FP/SIMD registers at EL2 (the hyp saves only the host's x0–x30; Linux builds
+/// its hyp code `-mgeneral-regs-only` for the same reason).
+const TARGET: &str = "aarch64-unknown-none-softfloat";
 /// Where (under the workspace root) el2 is built with the PIE flags, apart from the
 /// ordinary target dir so `el1-host` is never built with them.
 const EL2_TARGET_DIR: &str = "target/el2-pie";
@@ -65,6 +71,10 @@ pub const CAP_STATE_PATTERNS: [&str; 8] = [
     "final_caps",
     "hwcap",
 ];
+
+/// The el2 function that evaluates every cap through its own alternative site (the
+/// `hyp-caps` selftest's hypercall).
+pub const CAP_EVAL_SYMBOL: &str = "hyp_eval_caps";
 
 /// Per-CPU hyp stack size used when the ELF does not define `__hyp_stack_size`.
 const DEFAULT_STACK_SIZE: u32 = PAGE_SIZE;
@@ -108,6 +118,8 @@ pub struct ElfSymbol {
     pub name: String,
     /// `st_value`.
     pub addr: u64,
+    /// `st_size` (0 for labels).
+    pub size: u64,
     /// Whether it names data: `STT_OBJECT`, or `STT_NOTYPE` in a non-executable section.
     pub is_data: bool,
     /// Name of the section it is defined in, if any.
@@ -223,6 +235,7 @@ impl ElfModel {
             model.symbols.push(ElfSymbol {
                 name,
                 addr: sym.address(),
+                size: sym.size(),
                 is_data,
                 section,
             });
@@ -360,6 +373,77 @@ pub fn check_no_patch_sites(elf: &ElfModel, section_name: &str) -> Result<usize,
     Ok(n)
 }
 
+/// The alternative records of `elf`, each with its own address.
+fn alt_records(elf: &ElfModel) -> Result<Vec<(u64, AltRecord)>, String> {
+    let Some(alt) = elf.section(".altinstructions") else {
+        return Ok(Vec::new());
+    };
+    if !alt.data.len().is_multiple_of(ALT_RECORD_SIZE) {
+        return Err(format!(
+            ".altinstructions is {:#x} bytes, not a multiple of {ALT_RECORD_SIZE}",
+            alt.data.len()
+        ));
+    }
+    alt.data
+        .chunks_exact(ALT_RECORD_SIZE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let rec = AltRecord::from_bytes(chunk).map_err(|e| format!("record {i}: {e}"))?;
+            Ok((alt.addr + (i * ALT_RECORD_SIZE) as u64, rec))
+        })
+        .collect()
+}
+
+/// Checks that the function [`CAP_EVAL_SYMBOL`] holds exactly one alternative site per
+/// cap: `NCAPS` records whose original code lies inside the function, with cap numbers
+/// `0..NCAPS` each exactly once. Returns the number of records.
+pub fn check_cap_eval_sites(elf: &ElfModel) -> Result<usize, String> {
+    use shared::cpucaps::{Cap, NCAPS};
+    let f = elf
+        .symbols
+        .iter()
+        .find(|s| s.name == CAP_EVAL_SYMBOL)
+        .ok_or_else(|| {
+            format!("el2 has no function `{CAP_EVAL_SYMBOL}` (the cap-evaluation hypercall)")
+        })?;
+    if f.size == 0 {
+        return Err(format!("el2 symbol `{CAP_EVAL_SYMBOL}` has size 0"));
+    }
+    let range = f.addr..f.addr + f.size;
+    let mut seen = [0usize; NCAPS];
+    let mut n = 0;
+    for (at, rec) in alt_records(elf)? {
+        let orig = rec.orig_addr(at);
+        if !range.contains(&orig) {
+            continue;
+        }
+        let cap = usize::from(rec.cap_number());
+        let slot = seen.get_mut(cap).ok_or_else(|| {
+            format!("alternative record at {at:#x} in `{CAP_EVAL_SYMBOL}` has cap number {cap} >= NCAPS")
+        })?;
+        *slot += 1;
+        n += 1;
+    }
+    let missing: Vec<&str> = (0..NCAPS)
+        .filter(|&c| seen[c] == 0)
+        .map(|c| Cap::ALL[c].name())
+        .collect();
+    let doubled: Vec<&str> = (0..NCAPS)
+        .filter(|&c| seen[c] > 1)
+        .map(|c| Cap::ALL[c].name())
+        .collect();
+    if !missing.is_empty() || !doubled.is_empty() || n != NCAPS {
+        return Err(format!(
+            "`{CAP_EVAL_SYMBOL}` ({:#x}..{:#x}) must hold exactly one alternative site per cap ({NCAPS}); it holds {n} (missing: [{}], more than once: [{}]): a cap query that is not an alternative?",
+            range.start,
+            range.end,
+            missing.join(", "),
+            doubled.join(", ")
+        ));
+    }
+    Ok(n)
+}
+
 /// The RELATIVE relocations as (slot, addend), after checking every entry (rules in
 /// the module documentation). Sorted by slot.
 pub fn relative_slots(elf: &ElfModel, mem_size: u64) -> Result<Vec<(u64, u64)>, String> {
@@ -425,6 +509,7 @@ pub fn make_hyp_image(elf_bytes: &[u8]) -> Result<Vec<u8>, String> {
     let elf = ElfModel::read_pie(elf_bytes)?;
     check_sections(&elf)?;
     check_no_cap_state(&elf)?;
+    check_cap_eval_sites(&elf)?;
 
     let page = u64::from(PAGE_SIZE);
     let text = range_of(elf.section(".hyp.text"), 0)?;
@@ -625,7 +710,40 @@ pub fn size_report(image_path: &Path) -> Result<String, String> {
         img.alt_count(),
         img.relocations().count()
     );
+    s += &host_size_report(&workspace_root());
     Ok(s)
+}
+
+/// The host half of the size report, from the el1-host ELF the last `cargo xtask build`
+/// left (Image size, and `.altinstructions` entries).
+fn host_size_report(root: &Path) -> String {
+    let elf_path = root
+        .join("target")
+        .join("aarch64-unknown-none/release/el1-host");
+    let img_path = xtask::qemu::image_path(root);
+    let Ok(bytes) = std::fs::read(&elf_path) else {
+        return format!(
+            "host image: {} not built (run `cargo xtask build`)\n",
+            elf_path.display()
+        );
+    };
+    let model = ElfFile64::<object::Endianness>::parse(&*bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|f| ElfModel::read(&f));
+    let model = match model {
+        Ok(m) => m,
+        Err(e) => return format!("host image: {}: {e}\n", elf_path.display()),
+    };
+    let alt = model
+        .section(".altinstructions")
+        .map_or(0, |s| s.size as usize / ALT_RECORD_SIZE);
+    let image = std::fs::metadata(&img_path).map(|m| m.len());
+    format!(
+        "host image {}: {}; ELF {}: alternatives: {alt} entries\n",
+        img_path.display(),
+        image.map_or("not built".into(), |n| format!("{n} bytes")),
+        elf_path.display()
+    )
 }
 
 /// The workspace root (the parent of xtask's manifest directory).
@@ -801,6 +919,7 @@ mod tests {
         let data_sym = |name: &str, is_data| ElfSymbol {
             name: name.into(),
             addr: 0x3000,
+            size: 8,
             is_data,
             section: Some(".hyp.data".into()),
         };
@@ -869,6 +988,65 @@ mod tests {
             .contains("no section"));
     }
 
+    /// A model whose `hyp_eval_caps` (0x1100..0x1100+4*n) holds one site per cap in
+    /// `caps`, plus one record outside the function.
+    fn eval_model(caps: &[u16]) -> ElfModel {
+        let mut m = model();
+        let f = 0x1100u64;
+        m.symbols.push(ElfSymbol {
+            name: CAP_EVAL_SYMBOL.into(),
+            addr: f,
+            size: 4 * caps.len() as u64 + 4,
+            is_data: false,
+            section: Some(".hyp.text".into()),
+        });
+        let alt_at = 0x4000u64;
+        let mut data = Vec::new();
+        let mut rec = |i: usize, orig: u64, cap: u16| {
+            let at = alt_at + (i * ALT_RECORD_SIZE) as u64;
+            data.extend_from_slice(
+                &AltRecord {
+                    orig_offset: (orig as i64 - at as i64) as i32,
+                    alt_offset: 0,
+                    cpucap: CB_BIT | cap,
+                    orig_len: 4,
+                    alt_len: 0,
+                }
+                .to_bytes(),
+            );
+        };
+        for (i, &c) in caps.iter().enumerate() {
+            rec(i, f + 4 * i as u64, c);
+        }
+        // A site elsewhere (another function) does not count.
+        rec(caps.len(), 0x1000, 5);
+        let alt = section_mut(&mut m, ".altinstructions");
+        alt.size = data.len() as u64;
+        alt.data = data;
+        m
+    }
+
+    #[test]
+    fn cap_eval_function_needs_one_site_per_cap() {
+        use shared::cpucaps::NCAPS;
+        let all: Vec<u16> = (0..NCAPS as u16).collect();
+        assert_eq!(check_cap_eval_sites(&eval_model(&all)), Ok(NCAPS));
+        // One cap missing.
+        let e = check_cap_eval_sites(&eval_model(&all[1..])).unwrap_err();
+        assert!(e.contains("missing: [ALWAYS_BOOT]"), "{e}");
+        // One cap twice (a duplicated site), another missing.
+        let mut dup = all.clone();
+        dup[2] = 3;
+        let e = check_cap_eval_sites(&eval_model(&dup)).unwrap_err();
+        assert!(
+            e.contains("more than once: [HAS_32BIT_EL0]") && e.contains("BTI"),
+            "{e}"
+        );
+        // No such function at all.
+        let e = check_cap_eval_sites(&model()).unwrap_err();
+        assert!(e.contains(CAP_EVAL_SYMBOL), "{e}");
+    }
+
     #[test]
     fn only_little_endian_aarch64_pies_are_read() {
         use object::write::Object;
@@ -915,5 +1093,10 @@ mod tests {
         let text = elf.section(".hyp.text").unwrap();
         assert_eq!(parsed.range_bytes(l.text), &text.data[..]);
         check_no_cap_state(&elf).unwrap();
+        assert_eq!(
+            check_cap_eval_sites(&elf),
+            Ok(shared::cpucaps::NCAPS),
+            "the built el2's cap evaluation"
+        );
     }
 }

@@ -3,5 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod build;
+pub mod guest;
 pub mod image;
 pub mod qemu;

@@ -16,6 +16,8 @@ fn main() -> ExitCode {
         Some("qemu") => qemu(&args[1..]),
         Some("test") => test(),
         Some("hyp-image") => hyp_image::build_hyp_image(&hyp_image::workspace_root()).map(|_| ()),
+        Some("guest-image") => xtask::guest::build_guest(&xtask::build::workspace_root())
+            .map(|p| println!("{}", p.display())),
         Some("size") => hyp_image::build_hyp_image(&hyp_image::workspace_root())
             .and_then(|p| hyp_image::size_report(&p))
             .map(|s| print!("{s}")),
@@ -69,7 +71,16 @@ fn aarch64_args<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn build() -> Result<std::path::PathBuf, String> {
     let root = xtask::build::workspace_root();
     let hyp = hyp_image_for_host(&root)?;
-    xtask::build::build_host_image(&root, hyp.as_deref())
+    xtask::build::build_host_image(&root, hyp.as_deref(), &check_host_elf)
+}
+
+/// The host ELF check of every host build: no alternative site inside the patcher's own
+/// section.
+fn check_host_elf(elf: &[u8]) -> Result<usize, String> {
+    let file = object::read::elf::ElfFile64::<object::Endianness>::parse(elf)
+        .map_err(|e| format!("not an ELF64 file: {e}"))?;
+    let model = hyp_image::ElfModel::read(&file)?;
+    hyp_image::check_no_patch_sites(&model, xtask::build::NOPATCH_SECTION)
 }
 
 /// The hyp image the host embeds: `HYP_IMAGE` from the environment if set (a prebuilt

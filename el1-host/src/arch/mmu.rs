@@ -202,6 +202,19 @@ impl KernelTables {
                 DATA,
             )?;
         }
+        // The linear alias of kernel text is read-only from the start (Linux makes it so
+        // after patching, `mark_linear_text_alias_ro`): text is written only through the
+        // temporary alias of `crate::alternatives`, mapped for one pass at a time.
+        let text_pa = pa(sections.text).0 as u64..pa(sections.etext).0 as u64;
+        if let Ok(va) = linear.pa_to_va(text_pa.start) {
+            map(
+                &mut ttbr1,
+                "linear alias of text",
+                va..va + (text_pa.end - text_pa.start),
+                PhysicalAddress(text_pa.start as usize),
+                RODATA,
+            )?;
+        }
         let idmap = pa(sections.idmap_text.start).0 as u64..pa(sections.idmap_text.end).0 as u64;
         map(
             &mut ttbr0,
@@ -230,6 +243,41 @@ impl KernelTables {
             )
             .map_err(|e| MmuError::Map("MMIO", e))?;
         Ok(va)
+    }
+
+    /// Maps `len` bytes of physical memory at `pa` to `va` (page aligned, in a VA range
+    /// nothing else uses), never executable, read-write if `writable`: a temporary alias
+    /// (the alternatives pass writes text through one). Works on live tables: the range
+    /// was invalid, so no break-before-make is needed.
+    pub fn map_alias(
+        &mut self,
+        va: u64,
+        pa: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), MmuError> {
+        let flags = if writable { DATA } else { RODATA };
+        self.ttbr1
+            .map_range(
+                &region(va..va + len),
+                PhysicalAddress(pa as usize),
+                flags,
+                Constraints::NO_BLOCK_MAPPINGS,
+            )
+            .map_err(|e| MmuError::Map("alias", e))
+    }
+
+    /// Removes an alias made by [`Self::map_alias`] (same range); the TLB entries are
+    /// invalidated on every CPU (broadcast) before this returns.
+    pub fn unmap_alias(&mut self, va: u64, len: u64) -> Result<(), MmuError> {
+        self.ttbr1
+            .map_range(
+                &region(va..va + len),
+                PhysicalAddress(0),
+                El1Attributes::empty(),
+                Constraints::NO_BLOCK_MAPPINGS,
+            )
+            .map_err(|e| MmuError::Map("alias", e))
     }
 
     /// TTBR0 value (root PA) for the identity map.

@@ -58,6 +58,17 @@ macro_rules! define_caps {
 
         /// Number of caps; valid cap numbers are `0..NCAPS`.
         pub const NCAPS: usize = [$($num,)*].len();
+
+        /// Invokes the macro named by its argument once, with every [`Cap`] variant
+        /// name in number order, each followed by a comma: `for_each_cap!(m)` expands
+        /// to `m!(AlwaysBoot, AlwaysSystem, …,)`. For code that needs one site per cap
+        /// (the hyp's cap-evaluation hypercall) without a second copy of the list.
+        #[macro_export]
+        macro_rules! for_each_cap {
+            ($m:ident) => {
+                $m!($($variant,)*)
+            };
+        }
     };
 }
 
@@ -150,6 +161,16 @@ mod tests {
             assert_eq!(Cap::from_name(cap.name()), Some(*cap));
         }
         assert_eq!(Cap::from_number(NCAPS as u16), None);
+    }
+
+    #[test]
+    fn for_each_cap_lists_every_cap_in_number_order() {
+        macro_rules! collect {
+            ($($c:ident,)*) => {
+                [$(Cap::$c,)*]
+            };
+        }
+        assert_eq!(for_each_cap!(collect), Cap::ALL);
     }
 
     #[test]

@@ -265,20 +265,25 @@ impl<'a> BootArgs<'a> {
     }
 
     fn add(&mut self, token: &'a str, field: &'static Field, value: u64) {
-        let entry = (FieldOverride { field, value }, token);
-        // A later token for the same field replaces the earlier one.
-        let slot = match self
-            .overrides
-            .iter()
-            .position(|e| matches!(e, Some((o, _)) if o.field == field))
-        {
-            Some(i) => Some(i),
-            None => self.overrides.iter().position(|e| e.is_none()),
-        };
-        match slot {
-            Some(i) => self.overrides[i] = Some(entry),
+        // Every token is kept in command-line order; which one takes effect for a field
+        // is decided after `settle` has dropped the unsafe ones (the last safe one wins),
+        // so a bad later token cannot undo a good earlier one.
+        match self.overrides.iter().position(|e| e.is_none()) {
+            Some(i) => self.overrides[i] = Some((FieldOverride { field, value }, token)),
             None => self.diag(token, DiagnosticKind::TooManyOverrides),
         }
+    }
+
+    /// The kept overrides that take effect: for each field, the last one given.
+    fn effective(&self) -> impl Iterator<Item = &(FieldOverride, &'a str)> + '_ {
+        self.overrides.iter().enumerate().filter_map(move |(i, e)| {
+            let (o, _) = e.as_ref()?;
+            let superseded = self.overrides[i + 1..]
+                .iter()
+                .flatten()
+                .any(|(later, _)| later.field == o.field);
+            (!superseded).then_some(e.as_ref()?)
+        })
     }
 
     fn parse_token(&mut self, token: &'a str) {
@@ -376,15 +381,15 @@ impl<'a> BootArgs<'a> {
     /// The field overrides kept so far.
     pub fn field_overrides(&self) -> FieldOverrides {
         let mut out = FieldOverrides::NONE;
-        for (slot, e) in out.entries.iter_mut().zip(self.overrides.iter()) {
-            *slot = e.map(|(o, _)| o);
+        for (slot, (o, _)) in out.entries.iter_mut().zip(self.effective()) {
+            *slot = Some(*o);
         }
         out
     }
 
     /// The tokens that produced each kept override (for "forced" log lines).
     pub fn applied(&self) -> impl Iterator<Item = (&FieldOverride, &'a str)> + '_ {
-        self.overrides.iter().flatten().map(|(o, t)| (o, *t))
+        self.effective().map(|(o, t)| (o, *t))
     }
 
     /// `kvm-arm.mode`.
@@ -493,6 +498,27 @@ mod tests {
         assert_eq!(a.field_overrides().iter().count(), 0);
         let text = a.diagnostics().iter().next().unwrap().to_string();
         assert!(text.contains("id_aa64foo.x=1"), "{text}");
+    }
+
+    #[test]
+    fn an_unsafe_later_token_does_not_undo_an_earlier_safe_one() {
+        let boot = IdRegs {
+            isar0: 0x0000_0000_0020_0000, // ATOMIC = 2
+            ..IdRegs::default()
+        };
+        let mut a = BootArgs::parse("arm64.nolse id_aa64isar0.atomic=9");
+        a.settle(&boot);
+        let o: Vec<_> = a
+            .field_overrides()
+            .iter()
+            .map(|o| (o.field.name, o.value))
+            .collect();
+        assert_eq!(o, [("atomic", 0)]);
+        assert_eq!(a.diagnostics().iter().count(), 1);
+        assert_eq!(
+            a.applied().map(|(_, t)| t).collect::<Vec<_>>(),
+            ["arm64.nolse"]
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Boots the host under QEMU for each supported CPU model with 1 and 4 CPUs, and with a
-//! bad boot argument, and checks what it reports.
+//! Boots the host under QEMU for each supported CPU model with 1 and 4 CPUs, with
+//! `arm64.nolse` and an invalid ID-register override, and with bad boot arguments, and
+//! checks what it reports: per-CPU and final caps, the host's alternatives passes and its
+//! self-tests of the patched paths.
 
-use boot_tests::boot;
+use boot_tests::{boot, Boot};
+use std::collections::BTreeSet;
 
 fn boots_with_all_cpus(cpu: &str, smp: u32) {
     let b = boot(cpu, smp, None);
@@ -27,6 +30,242 @@ fn boots_with_all_cpus(cpu: &str, smp: u32) {
         "{}",
         b.transcript()
     );
+    check_caps_and_alternatives(&b, cpu, smp, Lse::AsModel);
+}
+
+/// Whether `arm64.nolse` was given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lse {
+    AsModel,
+    Disabled,
+}
+
+/// The `cpucaps:`, `alternatives: image=host` and host `selftest:` lines of a boot of
+/// `cpu` with `smp` CPUs.
+fn check_caps_and_alternatives(b: &Boot, cpu: &str, smp: u32, lse: Lse) {
+    let model = models::model(cpu);
+    let t = b.transcript();
+    // One line per CPU, each CPU once, with the model's MIDR and per-CPU caps.
+    let lines = b.lines_starting("cpucaps: cpu=");
+    assert_eq!(lines.len(), smp as usize, "{}: cpucaps lines\n{t}", b.what);
+    let mut seen = vec![false; smp as usize];
+    for l in &lines {
+        let c = CpuLine::parse(l).unwrap_or_else(|| panic!("{}: bad line `{l}`", b.what));
+        assert!(c.cpu < smp as usize, "{}: `{l}`", b.what);
+        assert!(!seen[c.cpu], "{}: cpu={} printed twice\n{t}", b.what, c.cpu);
+        seen[c.cpu] = true;
+        assert_eq!(c.midr, model.midr, "{}: `{l}`", b.what);
+        for cap in model.cpu_caps {
+            let want = !(lse == Lse::Disabled && *cap == "HAS_LSE_ATOMICS");
+            assert_eq!(c.caps.contains(cap), want, "{}: {cap} in `{l}`", b.what);
+        }
+        // QEMU's CPUs are identical, so each one alone has exactly the final set.
+        assert_eq!(c.caps, expected_final(&model, lse), "{}: `{l}`", b.what);
+    }
+    // The final set is exactly the model's (the sets shared/tests/cpucaps_qemu_models.rs
+    // asserts), minus LSE under arm64.nolse.
+    let fin = b.lines_starting("cpucaps: final=");
+    assert_eq!(fin.len(), 1, "{}\n{t}", b.what);
+    let got: BTreeSet<&str> = fin[0]["cpucaps: final=".len()..].split(',').collect();
+    assert_eq!(got, expected_final(&model, lse), "{}: `{}`", b.what, fin[0]);
+    // Both host passes ran and applied something; the counts are consistent.
+    for pass in ["boot", "system"] {
+        let key = format!("alternatives: image=host pass={pass} ");
+        let l = b.lines_starting(&key);
+        assert_eq!(l.len(), 1, "{}: `{key}`\n{t}", b.what);
+        let entries = field(l[0], "entries");
+        let applied = field(l[0], "applied");
+        let callbacks = field(l[0], "callbacks");
+        assert!(applied > 0, "{}: `{}`", b.what, l[0]);
+        assert!(
+            callbacks <= applied && applied <= entries,
+            "{}: `{}`",
+            b.what,
+            l[0]
+        );
+    }
+    // The boot pass comes after the boot CPU's detection and before any secondary's.
+    let lines = &b.report.lines;
+    let boot_pass = lines
+        .iter()
+        .position(|l| l.starts_with("alternatives: image=host pass=boot"));
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(c) = CpuLine::parse(l) {
+            let before = Some(i) < boot_pass;
+            assert_eq!(
+                before,
+                c.cpu == 0,
+                "{}: `{l}` vs the boot pass\n{t}",
+                b.what
+            );
+        }
+    }
+    let expect_impl = if model.final_caps.contains(&"HAS_LSE_ATOMICS") && lse == Lse::AsModel {
+        "lse"
+    } else {
+        "llsc"
+    };
+    let atomics = format!("selftest: host-atomics ok ({expect_impl}) cpus={smp}");
+    assert_eq!(
+        b.lines_starting(&atomics).len(),
+        1,
+        "{}: `{atomics}`\n{t}",
+        b.what
+    );
+    for ok in [
+        "selftest: host-alternatives ok",
+        "selftest: host-text-ro ok",
+    ] {
+        assert_eq!(b.lines_starting(ok).len(), 1, "{}: `{ok}`\n{t}", b.what);
+    }
+    assert!(
+        !b.report
+            .lines
+            .iter()
+            .any(|l| l.starts_with("selftest:") && l.contains(" FAILED")),
+        "{}: a self-test failed\n{t}",
+        b.what
+    );
+}
+
+/// The model's final cap set, without LSE under `arm64.nolse`.
+fn expected_final(model: &models::Model, lse: Lse) -> BTreeSet<&'static str> {
+    let mut want: BTreeSet<&str> = model.final_caps.iter().copied().collect();
+    if lse == Lse::Disabled {
+        want.remove("HAS_LSE_ATOMICS");
+    }
+    want
+}
+
+/// The decimal value of `key=<n>` in `line`.
+fn field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"));
+    line[at + key.len() + 2..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key}= is not a number in `{line}`"))
+}
+
+/// One `cpucaps: cpu=<n> midr=<hex> caps=<names>` line.
+struct CpuLine<'a> {
+    cpu: usize,
+    midr: u64,
+    caps: BTreeSet<&'a str>,
+}
+
+impl<'a> CpuLine<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let rest = line.strip_prefix("cpucaps: cpu=")?;
+        let (cpu, rest) = rest.split_once(" midr=0x")?;
+        let (midr, caps) = rest.split_once(" caps=")?;
+        Some(Self {
+            cpu: cpu.parse().ok()?,
+            midr: u64::from_str_radix(midr, 16).ok()?,
+            caps: caps.split(',').collect(),
+        })
+    }
+}
+
+/// What each QEMU 7.2 model reports (QEMU-ID-REGISTERS.md) and the caps Linux derives
+/// (the names and sets of shared/tests/cpucaps_qemu_models.rs; `max` runs with
+/// `pauth-impdef=on`).
+mod models {
+    pub struct Model {
+        pub midr: u64,
+        /// Caps every CPU's own line must show.
+        pub cpu_caps: &'static [&'static str],
+        /// The exact final set.
+        pub final_caps: Vec<&'static str>,
+    }
+
+    const COMMON: &[&str] = &[
+        "ALWAYS_BOOT",
+        "ALWAYS_SYSTEM",
+        "HAS_32BIT_EL0",
+        "HAS_32BIT_EL1",
+        "HAS_AMU_EXTN",
+        "HAS_CRC32",
+        "HAS_SYSREG_GIC_CPUIF",
+        "HW_DBM",
+    ];
+
+    fn with_common(extra: &[&'static str]) -> Vec<&'static str> {
+        COMMON.iter().chain(extra).copied().collect()
+    }
+
+    pub fn model(cpu: &str) -> Model {
+        match cpu {
+            "cortex-a53" => Model {
+                midr: 0x410f_d034,
+                cpu_caps: &["WORKAROUND_843419", "WORKAROUND_845719"],
+                final_caps: with_common(&["WORKAROUND_843419", "WORKAROUND_845719"]),
+            },
+            "cortex-a57" => Model {
+                midr: 0x411f_d070,
+                cpu_caps: &["SPECTRE_V3A", "SPECTRE_BHB", "WORKAROUND_834220"],
+                final_caps: with_common(&[
+                    "SPECTRE_BHB",
+                    "SPECTRE_V2",
+                    "SPECTRE_V3A",
+                    "SPECTRE_V4",
+                    "WORKAROUND_1742098",
+                    "WORKAROUND_834220",
+                    "WORKAROUND_DEVICE_LOAD_ACQUIRE",
+                    "WORKAROUND_SPECULATIVE_AT",
+                ]),
+            },
+            "cortex-a72" => Model {
+                midr: 0x410f_d083,
+                cpu_caps: &["SPECTRE_V3A", "SPECTRE_BHB"],
+                final_caps: with_common(&[
+                    "SPECTRE_BHB",
+                    "SPECTRE_V2",
+                    "SPECTRE_V3A",
+                    "SPECTRE_V4",
+                    "WORKAROUND_1742098",
+                    "WORKAROUND_SPECULATIVE_AT",
+                ]),
+            },
+            "max" => Model {
+                midr: 0x000f_0510,
+                cpu_caps: &[
+                    "HAS_LSE_ATOMICS",
+                    "HAS_SB",
+                    "HAS_RNG",
+                    "HAS_ADDRESS_AUTH_IMP_DEF",
+                ],
+                final_caps: with_common(&[
+                    "BTI",
+                    "HAS_ARMv8_4_TTL",
+                    "HAS_CACHE_IDC",
+                    "HAS_CNP",
+                    "HAS_DCPODP",
+                    "HAS_DCPOP",
+                    "HAS_E0PD",
+                    "HAS_LDAPR",
+                    "HAS_LSE_ATOMICS",
+                    "HAS_PAN",
+                    "HAS_RAS_EXTN",
+                    "HAS_RNG",
+                    "HAS_SB",
+                    "HAS_STAGE2_FWB",
+                    "HAS_TLB_RANGE",
+                    "SME",
+                    "SPECTRE_V4",
+                    "SSBS",
+                    "SVE",
+                    "HAS_ADDRESS_AUTH",
+                    "HAS_ADDRESS_AUTH_IMP_DEF",
+                    "HAS_GENERIC_AUTH",
+                    "HAS_GENERIC_AUTH_IMP_DEF",
+                ]),
+            },
+            other => panic!("no expectations for CPU model {other}"),
+        }
+    }
 }
 
 macro_rules! model_tests {
@@ -125,4 +364,35 @@ fn unexpected_exception_is_dumped_and_fails() {
         exc[0]
     );
     assert_eq!(b.lines_starting("  x0 ").len(), 1, "{}", b.transcript());
+}
+
+#[test]
+fn nolse_on_max_removes_lse_and_runs_llsc() {
+    let b = boot("max", 4, Some("arm64.nolse"));
+    b.assert_success();
+    b.assert_cpus_online(4);
+    check_caps_and_alternatives(&b, "max", 4, Lse::Disabled);
+    assert!(
+        b.report
+            .lines
+            .iter()
+            .any(|l| l.contains("info: cpucaps: `arm64.nolse` forces id_aa64isar0.atomic to 0x0")),
+        "{}",
+        b.transcript()
+    );
+}
+
+#[test]
+fn invalid_override_is_reported_and_changes_nothing() {
+    let b = boot("max", 2, Some("id_aa64isar0.atomic=9"));
+    b.assert_success();
+    b.assert_cpus_online(2);
+    let warned = b
+        .report
+        .lines
+        .iter()
+        .any(|l| l.contains("warn: cpucaps: `id_aa64isar0.atomic=9` ignored: unsafe override"));
+    assert!(warned, "no diagnostic\n{}", b.transcript());
+    // Caps exactly as without the argument: LSE stays, and the LSE path runs.
+    check_caps_and_alternatives(&b, "max", 2, Lse::AsModel);
 }

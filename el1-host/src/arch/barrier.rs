@@ -1,0 +1,70 @@
+//! Barriers and event instructions: the plain ones (`isb`, `dsb`, `sev`), which are never
+//! patch sites and so may be used anywhere (the patcher and the stop-machine rendezvous
+//! included), and the speculation barrier [`spec_bar`], which is an alternative
+//! (`dsb nsh; isb` until the system pass finds HAS_SB on every CPU, then `sb; nop`).
+
+use shared::alternative;
+use shared::cpucaps::Cap;
+
+/// Instruction synchronisation barrier.
+#[inline(always)]
+pub fn isb() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) }
+}
+
+/// Data synchronisation barrier, inner shareable, all accesses.
+#[inline(always)]
+pub fn dsb_ish() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { core::arch::asm!("dsb ish", options(nostack, preserves_flags)) }
+}
+
+/// Data synchronisation barrier, inner shareable, stores only: a store before it is
+/// visible to the other CPUs before anything after it (an `sev` in particular).
+#[inline(always)]
+pub fn dsb_ishst() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { core::arch::asm!("dsb ishst", options(nostack, preserves_flags)) }
+}
+
+/// Sends an event to every CPU (wakes CPUs waiting in `wfe`).
+#[inline(always)]
+pub fn sev() {
+    // SAFETY: SEV only sets the event register of every PE.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack, preserves_flags)) }
+}
+
+/// Speculation barrier: no instruction after it executes speculatively until everything
+/// before it has completed. `dsb nsh; isb` by default; `sb; nop` once the system pass has
+/// applied HAS_SB (FEAT_SB on every CPU). The assembler does not know `sb` for this
+/// target, so it is written as its encoding.
+#[inline(always)]
+pub fn spec_bar() {
+    // SAFETY: both halves are barriers only; no memory, stack or flags are touched.
+    unsafe {
+        alternative!(
+            cap = Cap::HasSb,
+            default = ["dsb nsh", "isb"],
+            replacement = [".inst 0xd50330ff // sb", "nop"],
+            options(nostack, preserves_flags),
+        )
+    }
+}
+
+/// `Some(index)` if `index < len`, with a speculation barrier on the in-bounds path so
+/// that an out-of-range index cannot be used speculatively to reach past an array (the
+/// role of Linux's `array_index_nospec`). For indices that come from hardware (MPIDR), the
+/// device tree or another CPU.
+///
+/// Out of line on purpose: its HAS_SB site then lives here once, not in every caller
+/// (some callers are in the no-patch section, where no site may be).
+#[inline(never)]
+pub fn index_nospec(index: usize, len: usize) -> Option<usize> {
+    if index < len {
+        spec_bar();
+        Some(index)
+    } else {
+        None
+    }
+}
