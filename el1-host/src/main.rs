@@ -2,9 +2,12 @@
 //!
 //! Boot order: `arch::head` (EL2 set-up and hyp stub, drop to EL1, early MMU) →
 //! [`primary_main`]: heap, device tree → [`el1_host::bootinfo::BootInfo`], final page
-//! tables (`arch::mmu`), console and logging, the rest of RAM into the heap, secondary
-//! CPUs (`smp`), then the status line and PSCI SYSTEM_OFF (see
-//! [`el1_host::status`]).
+//! tables (`arch::mmu`), console and logging, the guest bundle and guest RAM taken out
+//! of RAM (`vmm_run::find_bundle`), the rest of RAM into the heap, secondary CPUs
+//! (`smp`), caps, alternatives, the hyp and its selftests; then, if the boot loader
+//! passed a guest bundle as the initrd, host interrupts (`arch::gic`, `arch::irq`,
+//! `arch::timer`) and the guest (`vmm_run::run`, which prints `guest 0: exit status=…`);
+//! then the host's status line and PSCI SYSTEM_OFF (see [`el1_host::status`]).
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -21,6 +24,7 @@ mod mm;
 mod psci;
 mod smp;
 mod sync;
+mod vmm_run;
 
 use arch::mmu::{ImageSections, KernelTables};
 use core::panic::PanicInfo;
@@ -72,6 +76,16 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
         Ok(va) => va,
         Err(_) => exit(ExitStatus::Panic),
     };
+    // The GIC's frames, for the host's interrupts (the VMM's tick and kicks).
+    let gic_vas = info.gic.as_ref().and_then(|g| {
+        let d = tables
+            .ioremap(g.dist.start, g.dist.end - g.dist.start)
+            .ok()?;
+        let r = tables
+            .ioremap(g.redist.start, g.redist.end - g.redist.start)
+            .ok()?;
+        Some((d, r, g.redist.end - g.redist.start))
+    });
     // SAFETY: boot CPU, early tables live, KIMAGE VA; the new tables map the whole image
     // (stack and static heap included) at the same VAs.
     unsafe { tables.activate(image) };
@@ -136,6 +150,20 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     // The hyp's carve-out is taken before the heap gets the rest of RAM.
     let hyp_mem = hyp::reserve(HYP_IMAGE, info.cpus.len(), &linear.regions, &reserved);
     reserved.extend(hyp_mem.range());
+    // A guest bundle in the host's initrd, and contiguous RAM for that guest, are taken
+    // before the heap gets the rest too.
+    let dtb_bytes = match linear.pa_to_va(info.dtb.start) {
+        // SAFETY: the DTB lies in RAM, which the linear map covers; it is reserved above.
+        Ok(va) => unsafe {
+            core::slice::from_raw_parts(va as *const u8, (info.dtb.end - info.dtb.start) as usize)
+        },
+        Err(_) => &[][..],
+    };
+    let bundled = vmm_run::find_bundle(dtb_bytes, &linear, &reserved);
+    if let vmm_run::Bundled::Found(f) = &bundled {
+        reserved.push(f.bundle.clone());
+        reserved.push(f.ram.clone());
+    }
     for r in layout::free_ranges(&linear.regions, &reserved) {
         if let (Ok(start), Ok(_)) = (linear.pa_to_va(r.start), linear.pa_to_va(r.end - 1)) {
             // SAFETY: the range is RAM mapped RW in the linear map, and is not the image,
@@ -144,6 +172,12 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
         }
     }
     log::info!("heap: {} MiB", mm::heap::total_bytes() >> 20);
+
+    if let Some((d, r, len)) = gic_vas {
+        if let Err(e) = arch::gic::init(d as usize, r as usize, len as usize) {
+            log::error!("{e}");
+        }
+    }
 
     // Caps of the boot CPU, then the boot pass over the host image before any
     // secondary CPU exists (LINUX-FACTS §4.2).
@@ -210,6 +244,23 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     };
     selftests_ok &= hyp.is_success();
 
+    // A guest, if the boot loader passed one: after the selftests, on the finished host.
+    match bundled {
+        vmm_run::Bundled::None => {}
+        vmm_run::Bundled::Refused(why) => {
+            vmm_run::refuse(&why);
+        }
+        vmm_run::Bundled::Found(found) => {
+            if !matches!(hyp, hyp::Outcome::Ready { .. }) {
+                vmm_run::refuse("no hypervisor is installed");
+            } else if !init_host_irqs(gic_vas.is_some()) {
+                vmm_run::refuse("host interrupts could not be set up (GICv3)");
+            } else {
+                vmm_run::run(found, &linear);
+            }
+        }
+    }
+
     if !selftests_ok {
         exit(ExitStatus::SelftestFailed)
     } else if report.online == report.present {
@@ -217,6 +268,24 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     } else {
         exit(ExitStatus::CpusMissing)
     }
+}
+
+/// CPUs whose GIC set-up failed.
+static IRQ_SETUP_FAILED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Sets up the redistributor, CPU interface and IRQ vectors of every online CPU.
+fn init_host_irqs(have_gic: bool) -> bool {
+    fn on_cpu(_: usize) {
+        arch::irq::install_this_cpu();
+        if arch::gic::init_this_cpu(&[arch::timer::INTID]).is_err() {
+            IRQ_SETUP_FAILED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if !have_gic {
+        return false;
+    }
+    smp::on_each_cpu(on_cpu);
+    IRQ_SETUP_FAILED.load(core::sync::atomic::Ordering::Relaxed) == 0
 }
 
 /// Prints the status line and powers the machine off.

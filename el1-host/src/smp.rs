@@ -25,6 +25,13 @@
 //! `sev`, `isb` and `spin_loop`, none of which is ever patched. So text that changes
 //! under a waiting CPU is never text that CPU is executing.
 //!
+//! # Work on one CPU (any CPU)
+//!
+//! - [`start_on`]: hands `f(cpu_index)` to one other online CPU's mailbox and returns at
+//!   once; the CPU runs it in its work loop (the VMM runs a vCPU this way, for as long
+//!   as the vCPU lives). [`is_idle`] says when it has returned. A cross-call started
+//!   meanwhile waits until that CPU's mailbox is free again.
+//!
 //! Work functions must not call [`on_each_cpu`] or [`stop_machine`] themselves (a nested
 //! cross-call would wait for a CPU that is busy running the outer one); that is caught and
 //! reported as a panic rather than a hang.
@@ -343,6 +350,51 @@ fn work_loop(s: &'static CpuSlot, index: usize) -> ! {
     }
 }
 
+/// Why [`start_on`] did not post the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// No online CPU has this index (or it is the caller).
+    NotOnline(usize),
+    /// The CPU is still running earlier work.
+    Busy(usize),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotOnline(c) => write!(f, "cpu{c} is not an online secondary CPU"),
+            Self::Busy(c) => write!(f, "cpu{c} is still busy with earlier work"),
+        }
+    }
+}
+
+/// Posts `f` to online CPU `cpu` (not the caller) and returns without waiting: the CPU
+/// runs `f(cpu)` from its work loop. Fails if the CPU is not online or its mailbox is
+/// still taken. The CPU is woken with SEV; a CPU that waits for work elsewhere (in WFI)
+/// needs the caller's interrupt as well.
+pub fn start_on(cpu: usize, f: fn(usize)) -> Result<(), StartError> {
+    let s = slot(cpu).ok_or(StartError::NotOnline(cpu))?;
+    if s.state.load(Ordering::Acquire) != state::ONLINE || Some(cpu) == this_cpu_index() {
+        return Err(StartError::NotOnline(cpu));
+    }
+    s.work
+        .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|_| StartError::Busy(cpu))?;
+    barrier::dsb_ishst();
+    barrier::sev();
+    Ok(())
+}
+
+/// Whether CPU `cpu`'s mailbox is empty (its last work item has returned).
+pub fn is_idle(cpu: usize) -> bool {
+    slot(cpu).is_some_and(|s| s.work.load(Ordering::Acquire) == 0)
+}
+
+/// The MPIDR affinity of CPU `cpu` (device-tree order).
+pub fn mpidr_of(cpu: usize) -> Option<u64> {
+    slot(cpu).map(|s| s.mpidr.load(Ordering::Relaxed))
+}
+
 /// Marks a cross-call as running; panics on a nested one.
 struct CrossCall;
 
@@ -362,10 +414,18 @@ impl Drop for CrossCall {
 }
 
 /// Posts `f` to every online CPU except `me`; returns a bitmap of the CPUs posted to.
+/// A CPU still busy with work of its own (a vCPU started with [`start_on`]) is waited
+/// for: its mailbox is claimed only once it is empty.
 fn post(f: fn(usize), me: Option<usize>) -> u64 {
     let mut posted = 0u64;
     for i in online_cpus().filter(|&i| Some(i) != me) {
-        CPUS[i].work.store(f as usize, Ordering::Release);
+        while CPUS[i]
+            .work
+            .compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
         posted |= 1 << i;
     }
     barrier::dsb_ishst();

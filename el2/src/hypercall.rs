@@ -39,6 +39,10 @@ static HOST_HCALLS: [Option<Handler>; NR_HCALLS] = {
     t[HcallId::PatchedConstants as usize] = Some(handle_patched_constants);
     t[HcallId::VectorStats as usize] = Some(handle_vector_stats);
     t[HcallId::HostRead64 as usize] = Some(handle_host_read64);
+    t[HcallId::VmCreate as usize] = Some(crate::vm::handle_create);
+    t[HcallId::VmMap as usize] = Some(crate::vm::handle_map);
+    t[HcallId::VcpuRun as usize] = Some(crate::vm::handle_run);
+    t[HcallId::VmDestroy as usize] = Some(crate::vm::handle_destroy);
     t
 };
 
@@ -48,6 +52,7 @@ fn handle_get_mdcr_el2(ctxt: &mut HostContext) -> Result<(), HcallError> {
 }
 
 fn handle_finalise_setup(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    crate::vm::set_carveout(ctxt.regs[1], ctxt.regs[2])?;
     SETUP_CLOSED.store(true, Ordering::Release);
     ctxt.regs[1] = 0;
     Ok(())

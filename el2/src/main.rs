@@ -11,6 +11,9 @@
 //! | `percpu.rs` | the per-CPU block (counters the selftests read) |
 //! | `asm_alt.rs` | alternative records written from `global_asm!` |
 //! | `sysreg.rs` | the few system-register accesses and barriers the Rust code needs |
+//! | `vm.rs` | the VM table, the VM hypercalls, host-memory checks, guest stage-2 tables |
+//! | `switch.rs` | the world switch: EL1/EL2 state of host and guest, exit decoding |
+//! | `switch_asm.rs` | `__guest_enter`/`__guest_exit` (general and FP/SIMD registers) and the guest vectors |
 //!
 //! The hyp holds no capability state: every cap check is an alternative site (a
 //! `cap_likely!`/`cap_unlikely!`/`alternative!`/`alternative_cb!` in Rust, or a record
@@ -33,7 +36,10 @@ mod entry;
 mod hyp_init;
 mod hypercall;
 mod percpu;
+mod switch;
+mod switch_asm;
 mod sysreg;
+mod vm;
 
 use core::panic::PanicInfo;
 

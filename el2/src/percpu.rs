@@ -4,7 +4,9 @@
 //! `&HYP_PERCPU + TPIDR_EL2` is this CPU's block. Hyp-owned state only: counters the
 //! selftests read, never capability state.
 
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
+use shared::vcpu::FpRegs;
 
 /// One CPU's counters. The hardened vector stubs increment `hardened_entries` from
 /// assembly at offset 0.
@@ -16,7 +18,14 @@ pub struct PerCpu {
     pub host_calls: AtomicU64,
     /// Deferred SErrors found in DISR_EL1 (RAS) on entry.
     pub deferred_serrors: AtomicU64,
+    /// The host's FP/SIMD registers while this CPU runs a guest (written and read only
+    /// by the world-switch assembly on this CPU).
+    pub host_fp: UnsafeCell<FpRegs>,
 }
+
+// SAFETY: the counters are atomics; `host_fp` is touched only by the CPU that owns the
+// block (its world switch), never shared.
+unsafe impl Sync for PerCpu {}
 
 /// Offset of [`PerCpu::hardened_entries`], used by the vector assembly.
 pub const HARDENED_ENTRIES_OFFSET: usize = core::mem::offset_of!(PerCpu, hardened_entries);
@@ -29,6 +38,11 @@ pub static HYP_PERCPU: PerCpu = PerCpu {
     hardened_entries: AtomicU64::new(0),
     host_calls: AtomicU64::new(0),
     deferred_serrors: AtomicU64::new(0),
+    host_fp: UnsafeCell::new(FpRegs {
+        v: [0; 32],
+        fpsr: 0,
+        fpcr: 0,
+    }),
 };
 
 /// This CPU's block.

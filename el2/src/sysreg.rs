@@ -35,6 +35,12 @@ pub fn tpidr_el2() -> u64 {
 /// pending. Only call when the system has `HAS_RAS_EXTN`: without RAS the register
 /// does not exist and the access is UNDEFINED.
 pub fn take_deferred_serror() -> bool {
+    take_disr() != 0
+}
+
+/// Reads and clears DISR_EL1; the deferred-SError record (0: none). Same rule as
+/// [`take_deferred_serror`]: only with `HAS_RAS_EXTN`.
+pub fn take_disr() -> u64 {
     let v: u64;
     // SAFETY: DISR_EL1 exists (the caller checked HAS_RAS_EXTN); reading it and writing
     // zero only acknowledges the deferred error.
@@ -48,7 +54,7 @@ pub fn take_deferred_serror() -> bool {
             options(nomem, nostack)
         )
     };
-    v != 0
+    v
 }
 
 /// Speculation barrier after a bounds check: `SB` where the CPUs have it (`HAS_SB`),
@@ -87,6 +93,72 @@ pub fn translate_read(va: u64) -> Option<u64> {
         return None;
     }
     Some((par & 0x0000_ffff_ffff_f000) | (va & 0xfff))
+}
+
+/// The PA behind hyp VA `va` if the hyp's stage 1 maps it writable (AT S1E2W).
+pub fn translate_write(va: u64) -> Option<u64> {
+    let par: u64;
+    // SAFETY: as in `translate_read`: AT only fills PAR_EL1, read right after the ISB.
+    unsafe {
+        asm!(
+            "at s1e2w, {va}",
+            "isb",
+            "mrs {par}, par_el1",
+            va = in(reg) va,
+            par = out(reg) par,
+            options(nostack, preserves_flags)
+        )
+    };
+    if par & 1 != 0 {
+        return None;
+    }
+    Some((par & 0x0000_ffff_ffff_f000) | (va & 0xfff))
+}
+
+/// ID_AA64MMFR0_EL1 (PARange) and ID_AA64MMFR1_EL1 (VMIDBits) of this CPU, for VTCR.
+pub fn mmfr0_mmfr1() -> (u64, u64) {
+    let (a, b): (u64, u64);
+    // SAFETY: reading ID registers has no side effects.
+    unsafe {
+        asm!(
+            "mrs {a}, id_aa64mmfr0_el1",
+            "mrs {b}, id_aa64mmfr1_el1",
+            a = out(reg) a,
+            b = out(reg) b,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (a, b)
+}
+
+/// Makes new stage-2 descriptors visible to table walks on every CPU.
+pub fn publish_tables() {
+    // SAFETY: a barrier.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates every stage-1 and stage-2 TLB entry of the VMID in `vttbr` (inner
+/// shareable). VTTBR_EL2 is borrowed for the TLBI (it picks the VMID) and restored;
+/// this CPU runs no guest meanwhile (the hyp runs with interrupts masked).
+pub fn flush_vmid(vttbr: u64) {
+    // SAFETY: VTTBR_EL2 is only read by EL1&0 translations, none of which run while
+    // the hyp does; the old value is put back before returning.
+    unsafe {
+        asm!(
+            "mrs {old}, vttbr_el2",
+            "msr vttbr_el2, {new}",
+            "isb",
+            "dsb ishst",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "isb",
+            "msr vttbr_el2, {old}",
+            "isb",
+            old = out(reg) _,
+            new = in(reg) vttbr,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Invalidates all EL1&0 stage-1 and stage-2 TLB entries (all VMIDs) and the instruction

@@ -27,6 +27,13 @@
 //! generic kernel that shuts down cleanly); SYSTEM_RESET without a report is
 //! [`STATUS_RESET_UNREPORTED`], because the VMM never restarts a guest and a kernel that
 //! panics and reboots must not count as a success.
+//!
+//! # Handing a guest to the host
+//!
+//! [`bundle`]: the file `cargo xtask qemu` passes as the host's initrd (kernel, initrd,
+//! command line, guest RAM size, vCPU count, timeout).
+
+pub mod bundle;
 
 /// SMCCC function-id bit 31: fast call.
 pub const FAST_CALL: u32 = 1 << 31;
@@ -90,6 +97,101 @@ pub const fn final_status(reported: Option<u32>, end: GuestEnd) -> u32 {
     }
 }
 
+/// Why a VM ended: the `reason=` word of the VMM's exit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reported its status with [`GUEST_EXIT`]; the VMM ended the VM there.
+    GuestExit,
+    /// PSCI SYSTEM_OFF (status per [`final_status`]).
+    SystemOff,
+    /// PSCI SYSTEM_RESET (status per [`final_status`]; the VMM never restarts a guest).
+    SystemReset,
+    /// The VMM stopped a guest that ran past its time limit ([`STATUS_TIMEOUT`]).
+    Timeout,
+    /// The guest did something the VMM cannot continue from: an SError, an exit of a
+    /// kind it does not handle ([`STATUS_ABORT`]).
+    Abort,
+    /// The VMM could not start or run the guest: bad guest files, no hypervisor, no
+    /// memory, a refused hypercall ([`STATUS_ERROR`]).
+    Error,
+}
+
+impl ExitReason {
+    /// Every reason.
+    pub const ALL: [ExitReason; 6] = [
+        Self::GuestExit,
+        Self::SystemOff,
+        Self::SystemReset,
+        Self::Timeout,
+        Self::Abort,
+        Self::Error,
+    ];
+
+    /// The word printed after `reason=`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::GuestExit => "guest-exit",
+            Self::SystemOff => "system-off",
+            Self::SystemReset => "system-reset",
+            Self::Timeout => "timeout",
+            Self::Abort => "abort",
+            Self::Error => "error",
+        }
+    }
+
+    /// The reason named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Status of a guest stopped at its time limit (as GNU `timeout` reports one).
+pub const STATUS_TIMEOUT: u32 = 124;
+/// Status of a guest the VMM had to abort.
+pub const STATUS_ABORT: u32 = 125;
+/// Status when the VMM could not start or run the guest.
+pub const STATUS_ERROR: u32 = 126;
+
+/// The VMM's last line about a VM: `guest <vm>: exit status=<n> reason=<reason>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitLine {
+    /// The VM's number.
+    pub vm: u32,
+    /// The guest's status (0 = success).
+    pub status: u32,
+    /// Why it ended.
+    pub reason: ExitReason,
+}
+
+impl core::fmt::Display for ExitLine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "guest {}: exit status={} reason={}",
+            self.vm,
+            self.status,
+            self.reason.name()
+        )
+    }
+}
+
+/// Reads an exit line (leading text before `guest ` is tolerated, nothing after the
+/// reason is).
+pub fn parse_exit_line(line: &str) -> Option<ExitLine> {
+    let rest = &line[line.find("guest ")? + "guest ".len()..];
+    let (vm, rest) = rest.split_once(": exit status=")?;
+    let (status, reason) = rest.trim_end().split_once(" reason=")?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(vm) || !digits(status) {
+        return None;
+    }
+    Some(ExitLine {
+        vm: vm.parse().ok()?,
+        status: status.parse().ok()?,
+        reason: ExitReason::from_name(reason)?,
+    })
+}
+
 /// What starts the guest's last console line; the status follows in decimal.
 pub const STATUS_PREFIX: &str = "guest-status: ";
 
@@ -116,6 +218,9 @@ pub const BENCH_PREFIX: &str = "bench: ";
 pub const BENCH_NULL_HVC: &str = "null_hvc";
 /// Benchmark: reads of an emulated MMIO register (the PL011 flag register).
 pub const BENCH_MMIO_READ: &str = "mmio_read";
+/// Benchmark (measured by the host, printed as `host: bench: host_ping …`): null
+/// host → hyp hypercalls (`Ping`).
+pub const BENCH_HOST_PING: &str = "host_ping";
 /// Benchmark: an empty counted loop (the baseline).
 pub const BENCH_EMPTY_LOOP: &str = "empty_loop";
 
@@ -201,6 +306,36 @@ mod tests {
             STATUS_RESET_UNREPORTED
         );
         assert_ne!(STATUS_RESET_UNREPORTED, 0);
+    }
+
+    #[test]
+    fn exit_lines_round_trip_and_reject_garbage() {
+        for reason in ExitReason::ALL {
+            let l = ExitLine {
+                vm: 3,
+                status: 124,
+                reason,
+            };
+            let text = std::format!("{l}");
+            assert!(text.starts_with("guest 3: exit status=124 reason="));
+            assert_eq!(parse_exit_line(&text), Some(l));
+            assert_eq!(parse_exit_line(&std::format!("\r{text}\r")), Some(l));
+        }
+        assert_eq!(parse_exit_line("guest 0: exit status=0 reason=bored"), None);
+        assert_eq!(
+            parse_exit_line("guest 0: exit status= reason=timeout"),
+            None
+        );
+        assert_eq!(
+            parse_exit_line("guest x: exit status=1 reason=timeout"),
+            None
+        );
+        assert_eq!(
+            parse_exit_line("guest 0: exit status=1 reason=timeout now"),
+            None
+        );
+        assert_eq!(parse_exit_line("guest 0: guest-status: 0"), None);
+        assert_eq!(parse_exit_line("host: exit status=0"), None);
     }
 
     #[test]

@@ -91,7 +91,10 @@ define_hcalls! {
     /// Setup: `x1` = MDCR_EL2.
     GetMdcrEl2 = 1 => "get_mdcr_el2",
     /// Setup: closes the setup calls (ids below [`FIRST_RUNTIME_HCALL`]) for good, on
-    /// every CPU. A second call is refused like any other setup call.
+    /// every CPU. A second call is refused like any other setup call. `x1` = host
+    /// linear-map VA of the hyp's carve-out, `x2` = its size in bytes (page multiples),
+    /// so that the VM calls can refuse host memory that is the hyp's; with `x2 = 0` the
+    /// setup still closes but the VM calls stay refused (`NotReady`).
     FinaliseSetup = 2 => "finalise_setup",
     /// Invalidate all EL1&0 TLB entries and the I-caches (VMID roll-over).
     FlushVmContext = 3 => "flush_vm_context",
@@ -115,14 +118,28 @@ define_hcalls! {
     /// there, read through the hyp's mapping. Refused if misaligned, not a linear-map
     /// VA, or not mapped at EL2.
     HostRead64 = 9 => "host_read64",
+    /// Creates a VM (`shared::vcpu`): `x1` = linear VA of the stage-2 table pool, `x2` =
+    /// its bytes, `x3` = IPA bits (0 = default). Reply `x1` = handle, `x2` = VMID, `x3` =
+    /// IPA bits, `x4` = root table PA.
+    VmCreate = 10 => "vm_create",
+    /// Maps guest memory: `x1` = handle, `x2` = IPA, `x3` = linear VA of the backing
+    /// host RAM, `x4` = bytes; normal write-back, RWX. Nothing is changed on refusal.
+    VmMap = 11 => "vm_map",
+    /// Runs a vCPU until its next exit: `x1` = handle, `x2` = linear VA of the
+    /// `shared::vcpu::VcpuContext`. Reply `x1` = exit kind (`shared::exit::KIND_*`), the
+    /// record and raw syndrome in the context.
+    VcpuRun = 12 => "vcpu_run",
+    /// Destroys a VM: `x1` = handle. Its VMID's TLB entries are invalidated and its
+    /// pool is the host's again. Refused (`Busy`) while one of its vCPUs runs.
+    VmDestroy = 13 => "vm_destroy",
 }
 
 /// First id of the runtime group; ids `1..FIRST_RUNTIME_HCALL` are setup calls that
 /// close once the host has sent [`HcallId::FinaliseSetup`].
 pub const FIRST_RUNTIME_HCALL: u16 = HcallId::FlushVmContext as u16;
 
-/// What [`HcallId::Ping`] returns.
-pub const HYP_ABI_VERSION: u64 = 1;
+/// What [`HcallId::Ping`] returns. 2: the VM calls (`VmCreate`…`VmDestroy`).
+pub const HYP_ABI_VERSION: u64 = 2;
 
 /// Words of a cap bitmap as [`HcallId::EvalCaps`] returns it.
 pub const CAP_WORDS: usize = NCAPS.div_ceil(64);
@@ -178,6 +195,45 @@ pub enum HcallError {
     OutOfRange = 2,
     /// The address is in range but the hyp's stage 1 does not map it.
     NotMapped = 3,
+    /// The memory is the hyp's own (its carve-out).
+    HypMemory = 4,
+    /// The IPA range overlaps an existing mapping of the VM.
+    Overlap = 5,
+    /// The table pool is too small or used up.
+    NoMemory = 6,
+    /// No VM has this handle (never created, or destroyed).
+    BadHandle = 7,
+    /// Every VM slot is in use.
+    TooManyVms = 8,
+    /// The vCPU context is running on another CPU, or the VM still runs vCPUs.
+    Busy = 9,
+    /// The IPA size is not supported by this CPU.
+    BadIpaBits = 10,
+    /// The guest PSTATE is not an AArch64 EL0/EL1 state.
+    BadPstate = 11,
+    /// The pending-injection kind is unknown.
+    BadInjection = 12,
+    /// VM calls need the carve-out the host gives in `FinaliseSetup`.
+    NotReady = 13,
+}
+
+impl HcallError {
+    /// Every error, in code order.
+    pub const ALL: [HcallError; 13] = [
+        HcallError::Misaligned,
+        HcallError::OutOfRange,
+        HcallError::NotMapped,
+        HcallError::HypMemory,
+        HcallError::Overlap,
+        HcallError::NoMemory,
+        HcallError::BadHandle,
+        HcallError::TooManyVms,
+        HcallError::Busy,
+        HcallError::BadIpaBits,
+        HcallError::BadPstate,
+        HcallError::BadInjection,
+        HcallError::NotReady,
+    ];
 }
 
 impl HcallError {
@@ -188,12 +244,10 @@ impl HcallError {
 
     /// The error with code `c`, if there is one.
     pub const fn from_code(c: u64) -> Option<HcallError> {
-        match c {
-            1 => Some(HcallError::Misaligned),
-            2 => Some(HcallError::OutOfRange),
-            3 => Some(HcallError::NotMapped),
-            _ => None,
+        if c == 0 || c > HcallError::ALL.len() as u64 {
+            return None;
         }
+        Some(HcallError::ALL[c as usize - 1])
     }
 }
 
@@ -203,6 +257,16 @@ impl fmt::Display for HcallError {
             HcallError::Misaligned => "misaligned address",
             HcallError::OutOfRange => "address out of range",
             HcallError::NotMapped => "address not mapped at EL2",
+            HcallError::HypMemory => "memory belongs to the hyp",
+            HcallError::Overlap => "IPA range overlaps an existing mapping",
+            HcallError::NoMemory => "stage-2 table pool too small or exhausted",
+            HcallError::BadHandle => "no VM with this handle",
+            HcallError::TooManyVms => "every VM slot is in use",
+            HcallError::Busy => "vCPU or VM is running",
+            HcallError::BadIpaBits => "IPA size not supported",
+            HcallError::BadPstate => "guest PSTATE is not AArch64 EL0/EL1",
+            HcallError::BadInjection => "unknown injection kind",
+            HcallError::NotReady => "VM calls need FinaliseSetup with the carve-out",
         })
     }
 }
@@ -399,11 +463,13 @@ mod tests {
             Err(HcallFailure::NotSupported)
         );
         assert_eq!(SMCCC_NOT_SUPPORTED, 0xffff_ffff_ffff_ffff);
-        for e in [
-            HcallError::Misaligned,
-            HcallError::OutOfRange,
-            HcallError::NotMapped,
-        ] {
+        assert_eq!(HcallError::from_code(0), None);
+        assert_eq!(HcallError::from_code(14), None);
+        for (i, e) in HcallError::ALL.iter().enumerate() {
+            assert_eq!(e.code(), i as u64 + 1);
+            assert!(!e.to_string().is_empty());
+        }
+        for e in HcallError::ALL {
             assert_eq!(HcallError::from_code(e.code()), Some(e));
             assert_eq!(
                 decode_reply(SMCCC_INVALID_PARAMETER, e.code()),

@@ -16,6 +16,7 @@
 //! | [`callbacks`] | the boot-pass and system-pass callback resolvers |
 //! | [`exit`] | the typed guest exit record: decoding from ESR/FAR/HPFAR and its wire form |
 //! | [`stage2`] | stage-2 parameters: VTCR_EL2, VTTBR_EL2, table geometry, descriptor attributes |
+//! | [`vcpu`] | the guest ABI: vCPU context, VM calls' argument rules, abort injection |
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
@@ -31,3 +32,4 @@ pub mod insn;
 pub mod patch;
 pub mod stage2;
 pub mod va_layout;
+pub mod vcpu;

@@ -391,6 +391,250 @@ pub const fn s2_access_of(descriptor: u64) -> S2Access {
     }
 }
 
+/// Where a stage-2 walker finds its table pages: the hyp implements it over its pool
+/// (hyp VAs of host pages), the tests over a vector.
+pub trait TableMemory {
+    /// The 512 descriptors of the table page at physical address `pa`, or `None` if
+    /// `pa` is not a table page this memory hands out (a corrupted descriptor).
+    fn table(&mut self, pa: u64) -> Option<&mut [u64; 512]>;
+    /// A zeroed page for a new table: its PA, or `None` when the pool is used up.
+    fn alloc(&mut self) -> Option<u64>;
+    /// Pages [`TableMemory::alloc`] can still hand out.
+    fn free_pages(&self) -> u64;
+}
+
+/// Why a stage-2 mapping was refused. Nothing was written when this is returned by
+/// [`map_range`]'s checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// Something is already mapped (or annotated) in the range.
+    Overlap {
+        /// The first IPA that is.
+        ipa: u64,
+    },
+    /// The pool has fewer free pages than the new tables need.
+    NoMemory {
+        /// Pages needed.
+        needed: u64,
+        /// Pages free.
+        free: u64,
+    },
+    /// A table descriptor points outside the table memory.
+    CorruptTable {
+        /// The descriptor.
+        descriptor: u64,
+    },
+    /// Addresses or size not page aligned, or the range leaves the IPA space.
+    BadRange,
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Overlap { ipa } => write!(f, "IPA {ipa:#x} is already mapped"),
+            Self::NoMemory { needed, free } => {
+                write!(f, "{needed} table pages needed, {free} free")
+            }
+            Self::CorruptTable { descriptor } => {
+                write!(
+                    f,
+                    "table descriptor {descriptor:#x} points outside the pool"
+                )
+            }
+            Self::BadRange => write!(f, "range not page aligned or outside the IPA space"),
+        }
+    }
+}
+
+/// Bits [47:12] of a descriptor: the output (or next-table) address.
+pub const S2_OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+const PAGE_SHIFT: u32 = 12;
+const SIZE_2M: u64 = 2 << 20;
+
+/// The address shift of one entry at `level` (level 3: 12, level 2: 21, …).
+const fn level_shift(level: u8) -> u32 {
+    PAGE_SHIFT + 9 * (3 - level as u32)
+}
+
+/// One leaf the mapping is made of: a 2 MiB block at level 2 where IPA and PA are both
+/// aligned and enough is left, else a 4 KiB page at level 3.
+fn leaf_at(ipa: u64, pa: u64, left: u64) -> (u8, u64) {
+    if ipa.is_multiple_of(SIZE_2M) && pa.is_multiple_of(SIZE_2M) && left >= SIZE_2M {
+        (2, SIZE_2M)
+    } else {
+        (3, 1 << PAGE_SHIFT)
+    }
+}
+
+/// The table page and index of `ipa`'s entry in the table at `table_pa` of `level`; the
+/// root may be several concatenated pages.
+fn entry_slot(geo: &Stage2Geometry, table_pa: u64, level: u8, ipa: u64) -> (u64, usize) {
+    let idx = if level == geo.start_level {
+        (ipa >> level_shift(level)) & (geo.root_entries - 1)
+    } else {
+        (ipa >> level_shift(level)) & 511
+    };
+    (table_pa + (idx / 512) * 4096, (idx % 512) as usize)
+}
+
+/// Reads the descriptor for `ipa` at `level` in the table at `table_pa`.
+fn read_entry<M: TableMemory>(
+    mem: &mut M,
+    geo: &Stage2Geometry,
+    table_pa: u64,
+    level: u8,
+    ipa: u64,
+) -> Result<u64, MapError> {
+    let (page, i) = entry_slot(geo, table_pa, level, ipa);
+    mem.table(page).map(|t| t[i]).ok_or(MapError::CorruptTable {
+        descriptor: table_pa,
+    })
+}
+
+fn is_table(desc: u64, level: u8) -> bool {
+    level < 3 && desc & 3 == 3
+}
+
+/// Counts the table pages mapping `[ipa, ipa + size)` to `pa` would add, refusing any
+/// overlap with what is mapped already. Writes nothing.
+pub fn plan_map<M: TableMemory>(
+    mem: &mut M,
+    geo: &Stage2Geometry,
+    root_pa: u64,
+    ipa: u64,
+    pa: u64,
+    size: u64,
+) -> Result<u64, MapError> {
+    check_range(geo, ipa, pa, size)?;
+    let mut needed = 0;
+    // The entry (by IPA >> shift) whose new table was counted last, per level: chunks
+    // come in IPA order, so one check dedupes tables shared by consecutive chunks.
+    let mut counted = [u64::MAX; 4];
+    let mut off = 0;
+    while off < size {
+        let (leaf_level, step) = leaf_at(ipa + off, pa + off, size - off);
+        let at = ipa + off;
+        let mut table = Some(root_pa);
+        let mut level = geo.start_level;
+        while level < leaf_level {
+            let region = at >> level_shift(level);
+            if let Some(t) = table {
+                let d = read_entry(mem, geo, t, level, at)?;
+                if is_table(d, level) {
+                    table = Some(d & S2_OA_MASK);
+                } else if d != 0 {
+                    return Err(MapError::Overlap { ipa: at });
+                } else {
+                    table = None;
+                }
+            }
+            if table.is_none() && counted[level as usize] != region {
+                counted[level as usize] = region;
+                needed += 1;
+            }
+            level += 1;
+        }
+        if let Some(t) = table {
+            if read_entry(mem, geo, t, leaf_level, at)? != 0 {
+                return Err(MapError::Overlap { ipa: at });
+            }
+        }
+        off += step;
+    }
+    Ok(needed)
+}
+
+fn check_range(geo: &Stage2Geometry, ipa: u64, pa: u64, size: u64) -> Result<(), MapError> {
+    let page = 1u64 << PAGE_SHIFT;
+    let aligned = ipa.is_multiple_of(page) && pa.is_multiple_of(page) && size.is_multiple_of(page);
+    let ipa_end = ipa.checked_add(size).ok_or(MapError::BadRange)?;
+    let pa_end = pa.checked_add(size).ok_or(MapError::BadRange)?;
+    if !aligned || size == 0 || ipa_end > 1 << geo.ipa_bits || pa_end > 1 << MAX_PA_BITS {
+        return Err(MapError::BadRange);
+    }
+    Ok(())
+}
+
+/// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with the block/page attribute bits
+/// `attrs` (from [`s2_attributes`]). Checks everything first ([`plan_map`]: range,
+/// overlap, pool space) and writes only when the whole mapping can be made, so an error
+/// leaves the tables untouched. The caller makes the writes visible to the table walker
+/// (`DSB ISHST`) before the guest may use them; no TLB maintenance is needed because only
+/// invalid entries are replaced.
+pub fn map_range<M: TableMemory>(
+    mem: &mut M,
+    geo: &Stage2Geometry,
+    root_pa: u64,
+    ipa: u64,
+    pa: u64,
+    size: u64,
+    attrs: u64,
+) -> Result<(), MapError> {
+    let needed = plan_map(mem, geo, root_pa, ipa, pa, size)?;
+    let free = mem.free_pages();
+    if needed > free {
+        return Err(MapError::NoMemory { needed, free });
+    }
+    let attrs = attrs & !(S2_OA_MASK | 3);
+    let mut off = 0;
+    while off < size {
+        let (leaf_level, step) = leaf_at(ipa + off, pa + off, size - off);
+        let at = ipa + off;
+        let mut table = root_pa;
+        let mut level = geo.start_level;
+        while level < leaf_level {
+            let (page, i) = entry_slot(geo, table, level, at);
+            let d = mem
+                .table(page)
+                .ok_or(MapError::CorruptTable { descriptor: table })?[i];
+            table = if is_table(d, level) {
+                d & S2_OA_MASK
+            } else {
+                let new = mem.alloc().ok_or(MapError::NoMemory { needed, free })?;
+                let t = mem
+                    .table(page)
+                    .ok_or(MapError::CorruptTable { descriptor: table })?;
+                t[i] = new | S2_TABLE_OR_PAGE | S2_VALID;
+                new
+            };
+            level += 1;
+        }
+        let (page, i) = entry_slot(geo, table, leaf_level, at);
+        let kind = if leaf_level == 3 { S2_TABLE_OR_PAGE } else { 0 };
+        let t = mem
+            .table(page)
+            .ok_or(MapError::CorruptTable { descriptor: table })?;
+        t[i] = (pa + off) | attrs | kind | S2_VALID;
+        off += step;
+    }
+    Ok(())
+}
+
+/// The translation of `ipa`: the output address and the level of the leaf, or `None`
+/// if nothing maps it.
+pub fn translate<M: TableMemory>(
+    mem: &mut M,
+    geo: &Stage2Geometry,
+    root_pa: u64,
+    ipa: u64,
+) -> Option<(u64, u8)> {
+    let mut table = root_pa;
+    let mut level = geo.start_level;
+    loop {
+        let d = read_entry(mem, geo, table, level, ipa).ok()?;
+        if d & 1 == 0 {
+            return None;
+        }
+        if is_table(d, level) {
+            table = d & S2_OA_MASK;
+            level += 1;
+            continue;
+        }
+        let mask = (1u64 << level_shift(level)) - 1;
+        return Some(((d & S2_OA_MASK & !mask) | (ipa & mask), level));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,5 +803,169 @@ mod tests {
         assert_eq!(s2_access_of(none), S2Access::None);
         assert_ne!(none & S2_XN, 0);
         assert_eq!(s2_access_of(2 << 6), S2Access::WriteOnly);
+    }
+
+    /// Table memory for the tests: `pages` zeroed pages at PA `base`.
+    struct VecMem {
+        base: u64,
+        pages: Vec<[u64; 512]>,
+        used: usize,
+    }
+
+    impl VecMem {
+        fn new(base: u64, pages: usize, reserved: usize) -> Self {
+            Self {
+                base,
+                pages: vec![[0; 512]; pages],
+                used: reserved,
+            }
+        }
+    }
+
+    impl TableMemory for VecMem {
+        fn table(&mut self, pa: u64) -> Option<&mut [u64; 512]> {
+            let i = pa.checked_sub(self.base)? / 4096;
+            if !pa.is_multiple_of(4096) {
+                return None;
+            }
+            self.pages.get_mut(i as usize)
+        }
+        fn alloc(&mut self) -> Option<u64> {
+            if self.used >= self.pages.len() {
+                return None;
+            }
+            self.used += 1;
+            Some(self.base + (self.used as u64 - 1) * 4096)
+        }
+        fn free_pages(&self) -> u64 {
+            (self.pages.len() - self.used) as u64
+        }
+    }
+
+    const RAM: u64 = 0x4000_0000;
+
+    #[test]
+    fn walker_maps_blocks_and_pages_and_translates() {
+        let g = Stage2Geometry::new(40).unwrap(); // root: 2 level-1 pages
+        let mut m = VecMem::new(0x8000_0000, 8, 2);
+        let root = 0x8000_0000;
+        let attrs = s2_attributes(S2MemType::Normal, S2Access::ReadWrite, true, false).unwrap();
+        // 4 MiB + 8 KiB at an aligned IPA: two blocks and two pages. Tables: one
+        // level-2 (blocks) + one level-3 = 2.
+        let size = (4 << 20) + 0x2000;
+        assert_eq!(plan_map(&mut m, &g, root, RAM, 0x1_0000_0000, size), Ok(2));
+        map_range(&mut m, &g, root, RAM, 0x1_0000_0000, size, attrs).unwrap();
+        assert_eq!(m.free_pages(), 4);
+        assert_eq!(
+            translate(&mut m, &g, root, RAM + 0x12_3456),
+            Some((0x1_0012_3456, 2))
+        );
+        assert_eq!(
+            translate(&mut m, &g, root, RAM + (4 << 20) + 0x1008),
+            Some((0x1_0040_1008, 3))
+        );
+        assert_eq!(translate(&mut m, &g, root, RAM + (4 << 20) + 0x2000), None);
+        assert_eq!(translate(&mut m, &g, root, 0x0900_0000), None);
+        // The leaf carries the attributes.
+        let l2 = m.pages[0][1] & S2_OA_MASK; // root entry for IPA 1 GiB (page 0, index 1)
+        let l2page = m.table(l2).unwrap();
+        assert_eq!(l2page[0] & !S2_OA_MASK, attrs | S2_VALID);
+    }
+
+    #[test]
+    fn walker_refuses_overlap_and_writes_nothing() {
+        let g = Stage2Geometry::new(40).unwrap();
+        let mut m = VecMem::new(0x8000_0000, 8, 2);
+        let root = 0x8000_0000;
+        map_range(&mut m, &g, root, RAM + 0x3000, 0x9000_0000, 0x1000, 0).unwrap();
+        let before = m.pages.clone();
+        let used = m.used;
+        // A block over the page, a page on it, a range ending on it.
+        for (ipa, size) in [(RAM, 2 << 20), (RAM + 0x3000, 0x1000), (RAM, 0x4000)] {
+            assert_eq!(
+                map_range(&mut m, &g, root, ipa, 0xa000_0000, size, 0),
+                Err(MapError::Overlap {
+                    ipa: if size == 2 << 20 { RAM } else { RAM + 0x3000 }
+                }),
+                "{ipa:#x}+{size:#x}"
+            );
+        }
+        assert!(m.pages == before && m.used == used, "nothing written");
+        // Next to it is fine.
+        map_range(&mut m, &g, root, RAM + 0x4000, 0xa000_0000, 0x1000, 0).unwrap();
+        // A page inside an existing block overlaps too.
+        map_range(&mut m, &g, root, RAM + (2 << 20), 0xa020_0000, 2 << 20, 0).unwrap();
+        assert_eq!(
+            plan_map(&mut m, &g, root, RAM + (3 << 20), 0xb000_0000, 0x1000),
+            Err(MapError::Overlap {
+                ipa: RAM + (3 << 20)
+            })
+        );
+    }
+
+    #[test]
+    fn walker_checks_pool_space_before_writing() {
+        let g = Stage2Geometry::new(44).unwrap(); // 4 levels, 1-page root
+        let mut m = VecMem::new(0x8000_0000, 3, 1);
+        let root = 0x8000_0000;
+        // One page needs L1, L2 and L3 tables: 3 > 2 free.
+        assert_eq!(
+            map_range(&mut m, &g, root, RAM, 0x9000_0000, 0x1000, 0),
+            Err(MapError::NoMemory { needed: 3, free: 2 })
+        );
+        assert!(m.pages.iter().all(|p| p.iter().all(|d| *d == 0)));
+        // A block needs only L1 and L2.
+        map_range(
+            &mut m,
+            &g,
+            root,
+            RAM,
+            0x8020_0000 + (2 << 20) - 0x20_0000,
+            2 << 20,
+            0,
+        )
+        .unwrap();
+        assert_eq!(m.free_pages(), 0);
+    }
+
+    #[test]
+    fn walker_counts_shared_tables_once_and_refuses_bad_ranges() {
+        let g = Stage2Geometry::new(40).unwrap();
+        let mut m = VecMem::new(0x8000_0000, 4, 2);
+        let root = 0x8000_0000;
+        // 1 GiB of blocks: one level-2 table. Unaligned PA: 512 level-3 tables.
+        assert_eq!(plan_map(&mut m, &g, root, RAM, 0xc000_0000, 1 << 30), Ok(1));
+        assert_eq!(
+            plan_map(&mut m, &g, root, RAM, 0xc000_1000, 1 << 30),
+            Ok(1 + 512)
+        );
+        // Straddling two level-1 entries: 2 level-2 tables, 2 level-3 tables.
+        assert_eq!(
+            plan_map(&mut m, &g, root, RAM - 0x1000, 0xc000_0000, 0x2000),
+            Ok(4)
+        );
+        for (ipa, pa, size) in [
+            (RAM + 1, 0, 0x1000),
+            (RAM, 1, 0x1000),
+            (RAM, 0, 0x800),
+            (RAM, 0, 0),
+            ((1 << 40) - 0x1000, 0, 0x2000),
+            (RAM, (1 << 48) - 0x1000, 0x2000),
+        ] {
+            assert_eq!(
+                plan_map(&mut m, &g, root, ipa, pa, size),
+                Err(MapError::BadRange),
+                "{ipa:#x} {pa:#x} {size:#x}"
+            );
+        }
+        // A table descriptor pointing outside the memory is reported, not followed.
+        m.pages[0][1] = 0xdead_0000 | 3;
+        assert_eq!(
+            plan_map(&mut m, &g, root, RAM, 0, 0x1000),
+            Err(MapError::CorruptTable {
+                descriptor: 0xdead_0000
+            })
+        );
+        assert!(!MapError::BadRange.to_string().is_empty());
     }
 }

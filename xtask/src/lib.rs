@@ -2,7 +2,9 @@
 //! Image writer ([`image`]), the QEMU runner ([`qemu`]) and the host build ([`build`]).
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod build;
+pub mod bundle;
 pub mod guest;
 pub mod image;
 pub mod qemu;

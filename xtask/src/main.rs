@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("build") => build().map(|_| ()),
         Some("qemu") => qemu(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("test") => test(),
         Some("hyp-image") => hyp_image::build_hyp_image(&hyp_image::workspace_root()).map(|_| ()),
         Some("guest-image") => xtask::guest::build_guest(&xtask::build::workspace_root())
@@ -33,13 +34,21 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <build|qemu|test|hyp-image|size>
+const USAGE: &str = "usage: cargo xtask <build|qemu|bench|test|hyp-image|guest-image|size>
   build   build el2 and the hyp image, then el1-host embedding it, and write the
           arm64 Image target/aarch64-unknown-none/release/el1-host.img
-  qemu    build, then boot the Image under QEMU and exit with the host's status:
+  qemu    build, then boot the host under QEMU with a guest under its hypervisor, and
+          exit with the guest's status (the host's if the host failed):
           qemu [--cpu NAME] [--smp N] [--mem SIZE] [--append ARGS] [--timeout SECS] [--gdb]
-          (defaults: --cpu max --smp 2 --mem 1G --timeout 60)
-  test    fmt check, clippy (host + aarch64), cargo test (boot tests included), builds";
+               [--guest PATH] [--initrd PATH] [--guest-append ARGS] [--guest-mem SIZE]
+               [--guest-raw] [--guest-timeout SECS] [--no-guest]
+          (defaults: --cpu max --smp 2 --mem 1G --timeout 60, the test guest
+          (tests/guest) with --guest-mem 128M, one vCPU per CPU, guest time limit
+          --timeout minus 20 s; --no-guest boots the host alone)
+  bench   run the benchmarks under `-icount shift=0` (instructions, not time) and
+          write docs/bench.md: bench [--cpu NAME] [--iterations N]
+  test    fmt check, clippy (host + aarch64), cargo test (boot tests included), builds
+  guest-image  build the test guest's Image and print its path";
 
 const TARGET: &str = "aarch64-unknown-none";
 const AARCH64_CRATES: [&str; 2] = ["el2", "el1-host"];
@@ -92,10 +101,27 @@ fn hyp_image_for_host(root: &std::path::Path) -> Result<Option<std::path::PathBu
     }
 }
 
+/// How the guest of a `qemu` run is chosen.
+struct GuestOptions {
+    spec: Option<xtask::bundle::GuestSpec>,
+    guest_timeout: Option<u32>,
+    none: bool,
+}
+
 /// `cargo xtask qemu …`
 fn qemu(args: &[String]) -> Result<(), String> {
     use xtask::qemu::{self, QemuConfig};
-    let mut cfg = QemuConfig::new(qemu::image_path(&xtask::build::workspace_root()));
+    let root = xtask::build::workspace_root();
+    let mut cfg = QemuConfig::new(qemu::image_path(&root));
+    let mut g = GuestOptions {
+        spec: None,
+        guest_timeout: None,
+        none: false,
+    };
+    let mut initrd = None;
+    let mut append = String::new();
+    let mut guest_mem = xtask::bundle::DEFAULT_GUEST_MEM;
+    let mut raw = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -119,16 +145,60 @@ fn qemu(args: &[String]) -> Result<(), String> {
                 cfg.timeout = Some(std::time::Duration::from_secs(secs));
             }
             "--gdb" => cfg.gdb = true,
+            "--guest" => {
+                g.spec = Some(xtask::bundle::GuestSpec::new(value()?.into()));
+            }
+            "--initrd" => initrd = Some(std::path::PathBuf::from(value()?)),
+            "--guest-append" => append = value()?,
+            "--guest-mem" => {
+                let v = value()?;
+                guest_mem = qemu::parse_mem(&v)
+                    .ok_or_else(|| format!("--guest-mem {v}: expected a size such as 128M"))?;
+            }
+            "--guest-raw" => raw = true,
+            "--guest-timeout" => {
+                let v = value()?;
+                g.guest_timeout = Some(
+                    v.parse()
+                        .map_err(|_| format!("--guest-timeout {v}: not a number of seconds"))?,
+                );
+            }
+            "--no-guest" => g.none = true,
             other => return Err(format!("qemu: unknown option `{other}`\n{USAGE}")),
         }
     }
     cfg.validate().map_err(|e| e.to_string())?;
+    if g.none && (g.spec.is_some() || initrd.is_some()) {
+        return Err("--no-guest cannot be combined with --guest or --initrd".into());
+    }
+    if !g.none {
+        let mut spec = match g.spec.take() {
+            Some(s) => s,
+            None => xtask::bundle::GuestSpec::new(xtask::guest::build_guest(&root)?),
+        };
+        spec.initrd = initrd;
+        spec.append = append;
+        spec.guest_mem = guest_mem;
+        spec.raw = raw;
+        spec.timeout_secs = g.guest_timeout.unwrap_or_else(|| {
+            cfg.timeout
+                .map_or(0, |t| xtask::bench::default_guest_timeout(t.as_secs()))
+        });
+        let out = xtask::bundle::write(&spec, &xtask::bundle::bundle_path(&root))?;
+        eprintln!(
+            "xtask: guest bundle {} ({}, {} MiB RAM, time limit {} s)",
+            out.display(),
+            spec.kernel.display(),
+            spec.guest_mem >> 20,
+            spec.timeout_secs
+        );
+        cfg.initrd = Some(out);
+    }
     qemu::ensure_installed().map_err(|e| e.to_string())?;
     cfg.image = build()?;
     if cfg.gdb {
         cfg.timeout = None;
-        let elf =
-            xtask::build::workspace_root().join("target/aarch64-unknown-none/release/el1-host");
+        let elf = root.join("target/aarch64-unknown-none/release/el1-host");
         eprintln!(
             "xtask: QEMU waits for gdb on localhost:1234; attach with:\n  gdb-multiarch {} -ex 'target remote :1234'",
             elf.display()
@@ -143,6 +213,72 @@ fn qemu(args: &[String]) -> Result<(), String> {
             std::process::exit(report.exit_code().into())
         }
     }
+}
+
+/// `cargo xtask bench …`: the test guest with `bench=<n>` under `-icount shift=0`.
+fn bench(args: &[String]) -> Result<(), String> {
+    use xtask::qemu::{self, QemuConfig};
+    let root = xtask::build::workspace_root();
+    let mut cfg = QemuConfig::new(qemu::image_path(&root));
+    cfg.smp = 1;
+    cfg.icount = true;
+    cfg.timeout = Some(std::time::Duration::from_secs(300));
+    let mut iterations = xtask::bench::DEFAULT_ITERATIONS;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--cpu" => cfg.cpu = value()?,
+            "--iterations" => {
+                let v = value()?;
+                iterations = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &u64| n > 0)
+                    .ok_or_else(|| format!("--iterations {v}: not a positive number"))?;
+            }
+            other => return Err(format!("bench: unknown option `{other}`\n{USAGE}")),
+        }
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    let mut spec = xtask::bundle::GuestSpec::new(xtask::guest::build_guest(&root)?);
+    spec.append = format!("bench={iterations}");
+    spec.vcpus = 1;
+    spec.timeout_secs = 240;
+    cfg.initrd = Some(xtask::bundle::write(
+        &spec,
+        &xtask::bundle::bundle_path(&root),
+    )?);
+    qemu::ensure_installed().map_err(|e| e.to_string())?;
+    cfg.image = build()?;
+    eprintln!("xtask: {} {}", qemu::QEMU, cfg.args().join(" "));
+    let report = qemu::run(&cfg, |line| println!("{line}")).map_err(|e| e.to_string())?;
+    match (&report.outcome, report.failure()) {
+        (_, None) => {}
+        // The numbers are still measured when a guest check failed; say so and go on.
+        (qemu::Outcome::Status(0), Some(why)) if report.guest.is_some() => {
+            eprintln!("xtask: warning: {why}; the benchmark lines are still used")
+        }
+        (_, Some(why)) => return Err(format!("the benchmark run failed: {why}")),
+    }
+    let table = xtask::bench::collect(&report.lines)?;
+    let qemu_version = std::process::Command::new(qemu::QEMU)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown QEMU".into());
+    let md = xtask::bench::render_markdown(&table, &cfg.cpu, &qemu_version);
+    print!("{}", xtask::bench::render_text(&table));
+    let out = root.join("docs/bench.md");
+    std::fs::write(&out, md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
 }
 
 fn test() -> Result<(), String> {

@@ -6,7 +6,15 @@
 //! exits. QEMU runs without semihosting, so nothing in the guest can choose QEMU's own
 //! exit code. A run that ends without the line is a failure; a run that does not end is
 //! killed at the timeout.
+//!
+//! With a guest ([`QemuConfig::initrd`] holds a guest bundle, `crate::bundle`), the host
+//! also prints `guest <vm>: exit status=<n> reason=<reason>`
+//! (`shared::guest_abi::ExitLine`) before its own status line. The run then succeeds only
+//! if the host's status is 0 *and* the guest's is 0; a missing guest line is a failure.
 
+use shared::guest_abi::parse_exit_line;
+/// The guest exit line and its parts, for users of [`Report::guest`].
+pub use shared::guest_abi::{ExitLine, ExitReason, STATUS_ABORT, STATUS_ERROR, STATUS_TIMEOUT};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -38,6 +46,10 @@ pub struct QemuConfig {
     pub timeout: Option<Duration>,
     /// Start halted with a gdb server on :1234.
     pub gdb: bool,
+    /// The host's initrd (`-initrd`): a guest bundle. A guest exit line is then required.
+    pub initrd: Option<PathBuf>,
+    /// `-icount shift=0`: one instruction per nanosecond of virtual time (benchmarks).
+    pub icount: bool,
 }
 
 impl QemuConfig {
@@ -51,6 +63,8 @@ impl QemuConfig {
             append: None,
             timeout: Some(Duration::from_secs(60)),
             gdb: false,
+            initrd: None,
+            icount: false,
         }
     }
 
@@ -82,6 +96,12 @@ impl QemuConfig {
         a.push(self.image.display().to_string());
         if let Some(append) = &self.append {
             a.extend(["-append".into(), append.clone()]);
+        }
+        if let Some(initrd) = &self.initrd {
+            a.extend(["-initrd".into(), initrd.display().to_string()]);
+        }
+        if self.icount {
+            a.extend(["-icount".into(), "shift=0".into()]);
         }
         if self.gdb {
             a.extend(["-s".into(), "-S".into()]);
@@ -158,15 +178,30 @@ pub struct Report {
     pub outcome: Outcome,
     /// All console lines (QEMU's own stderr lines prefixed `qemu: `).
     pub lines: Vec<String>,
+    /// The guest's exit line, when a guest was run (the last one wins).
+    pub guest: Option<ExitLine>,
+    /// Whether a guest was expected (an initrd was passed): its exit line is required.
+    pub expect_guest: bool,
+}
+
+/// Clamps a status to a process exit code: 0 stays 0, anything else becomes 1..=255.
+fn exit_code_of(n: u32) -> u8 {
+    match n {
+        0 => 0,
+        n => u8::try_from(n).unwrap_or(255).max(1),
+    }
 }
 
 impl Report {
-    /// The process exit code `cargo xtask qemu` uses: the host's status (clamped to
-    /// 1..=255 when it does not fit), else 1.
+    /// The process exit code `cargo xtask qemu` uses: the host's status if it is not 0
+    /// (clamped to 1..=255 when it does not fit), else the guest's status when a guest was
+    /// expected (1 if its exit line is missing), else 0; 1 if there is no status line.
     pub fn exit_code(&self) -> u8 {
-        match self.outcome {
-            Outcome::Status(0) => 0,
-            Outcome::Status(n) => u8::try_from(n).unwrap_or(255).max(1),
+        match (&self.outcome, self.expect_guest, &self.guest) {
+            (Outcome::Status(0), false, _) => 0,
+            (Outcome::Status(0), true, Some(g)) => exit_code_of(g.status),
+            (Outcome::Status(0), true, None) => 1,
+            (Outcome::Status(n), _, _) => exit_code_of(*n),
             _ => 1,
         }
     }
@@ -174,7 +209,19 @@ impl Report {
     /// A one-line description of a failed run (`None` on success).
     pub fn failure(&self) -> Option<String> {
         match &self.outcome {
-            Outcome::Status(0) => None,
+            Outcome::Status(0) => match (self.expect_guest, &self.guest) {
+                (false, _) => None,
+                (true, Some(g)) if g.status == 0 => None,
+                (true, Some(g)) => Some(format!(
+                    "guest {} exited with status {} (reason {})",
+                    g.vm,
+                    g.status,
+                    g.reason.name()
+                )),
+                (true, None) => {
+                    Some("the host finished without a `guest <vm>: exit status=` line".to_string())
+                }
+            },
             Outcome::Status(n) => Some(format!("host reported exit status {n}")),
             Outcome::NoStatusLine(code) => Some(format!(
                 "QEMU exited ({}) without the host's `{STATUS_PREFIX}<n>` line",
@@ -278,6 +325,7 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
     let start = Instant::now();
     let mut lines = Vec::new();
     let mut status = None;
+    let mut guest = None;
     let mut open = 2;
     while open > 0 {
         let wait = match cfg.timeout {
@@ -289,6 +337,8 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
                     return Ok(Report {
                         outcome: Outcome::TimedOut(t),
                         lines,
+                        guest,
+                        expect_guest: cfg.initrd.is_some(),
                     });
                 }
             },
@@ -300,6 +350,9 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
                 if !line.starts_with("qemu: ") {
                     if let Some(n) = parse_status_line(&line) {
                         status = Some(n);
+                    }
+                    if let Some(g) = parse_exit_line(&line) {
+                        guest = Some(g);
                     }
                 }
                 lines.push(line);
@@ -314,7 +367,12 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
         Some(n) => Outcome::Status(n),
         None => Outcome::NoStatusLine(exit.code()),
     };
-    Ok(Report { outcome, lines })
+    Ok(Report {
+        outcome,
+        lines,
+        guest,
+        expect_guest: cfg.initrd.is_some(),
+    })
 }
 
 /// Installs QEMU when it is missing and this process may: running as root with apt-get
@@ -391,6 +449,44 @@ mod tests {
     }
 
     #[test]
+    fn guest_status_decides_when_a_guest_was_expected() {
+        let r = |outcome, guest| Report {
+            outcome,
+            lines: vec![],
+            guest,
+            expect_guest: true,
+        };
+        let g = |status, reason| {
+            Some(ExitLine {
+                vm: 0,
+                status,
+                reason,
+            })
+        };
+        let ok = r(Outcome::Status(0), g(0, ExitReason::GuestExit));
+        assert_eq!((ok.exit_code(), ok.failure()), (0, None));
+        let bad = r(Outcome::Status(0), g(3, ExitReason::GuestExit));
+        assert_eq!(bad.exit_code(), 3);
+        assert!(bad.failure().unwrap().contains("status 3"));
+        let t = r(Outcome::Status(0), g(124, ExitReason::Timeout));
+        assert_eq!(t.exit_code(), 124);
+        assert!(t.failure().unwrap().contains("reason timeout"));
+        let missing = r(Outcome::Status(0), None);
+        assert_eq!(missing.exit_code(), 1);
+        assert!(missing.failure().unwrap().contains("without a `guest"));
+        // A host failure wins over a guest success.
+        let host = r(Outcome::Status(4), g(0, ExitReason::SystemOff));
+        assert_eq!(host.exit_code(), 4);
+        let mut c = QemuConfig::new("k.img".into());
+        c.initrd = Some("b.bin".into());
+        c.icount = true;
+        let a = c.args();
+        let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
+        assert_eq!(a[pos("-initrd") + 1], "b.bin");
+        assert_eq!(a[pos("-icount") + 1], "shift=0");
+    }
+
+    #[test]
     fn memory_sizes() {
         assert_eq!(parse_mem("512M"), Some(512 << 20));
         assert_eq!(parse_mem("4G"), Some(4 << 30));
@@ -408,6 +504,8 @@ mod tests {
         let r = |outcome| Report {
             outcome,
             lines: vec![],
+            guest: None,
+            expect_guest: false,
         };
         assert_eq!(r(Outcome::Status(0)).exit_code(), 0);
         assert_eq!(r(Outcome::Status(3)).exit_code(), 3);

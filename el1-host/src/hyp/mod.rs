@@ -23,11 +23,15 @@
 //! | `pgtable.rs` | the EL2 stage-1 tables |
 //! | `install.rs` | `hvc`, init parameters, cache maintenance, the per-CPU install |
 //! | `selftest.rs` | the `selftest:` lines |
+//! | `vm.rs` | safe wrappers of the VM calls (`Vm::create`, `map`, `run_vcpu`, `destroy`) |
+//! | `vcpu_selftest.rs` | the `selftest: hyp-vcpu` line: a one-page guest on every CPU |
 
 mod install;
 mod loader;
 mod pgtable;
 mod selftest;
+mod vcpu_selftest;
+pub mod vm;
 
 use crate::println;
 use alloc::vec::Vec;
@@ -281,12 +285,21 @@ pub fn install(staged: Staged, inp: &Inputs<'_>) -> Outcome {
         Ok(r) => log::info!("hyp: MDCR_EL2={:#x}", r[0]),
         Err(e) => log::warn!("hyp: get_mdcr_el2 before finalise: {e}"),
     }
-    if let Err(e) = install::call(HcallId::FinaliseSetup, [0; 3]) {
+    // The carve-out goes with it, so the VM calls can refuse hyp memory.
+    let carve_size = carve.pa.end - carve.pa.start;
+    if let Err(e) = install::call(HcallId::FinaliseSetup, [carve.va, carve_size, 0]) {
         println!("hyp: finalise_setup failed: {e}");
         return Outcome::InstallFailed;
     }
+    // KIMAGE VAs (the heap's static block) are converted for the hyp within the first
+    // GiB of the image mapping; the hyp checks every address it gets anyway.
+    vm::init(inp.linear.memstart, inp.kimage_voffset, 1 << 30);
 
     (inp.on_each_cpu)(selftest_cpu);
-    let failed = selftest::evaluate(inp.caps, inp.kimage_voffset, &state.expect, &state.results);
+    let mut failed =
+        selftest::evaluate(inp.caps, inp.kimage_voffset, &state.expect, &state.results);
+    if !vcpu_selftest::run(inp.on_each_cpu, carve.pa.start) {
+        failed += 1;
+    }
     Outcome::Ready { failed }
 }

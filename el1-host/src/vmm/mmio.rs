@@ -52,6 +52,8 @@ pub trait MmioDevice: Send {
     fn read(&mut self, offset: u64, width: AccessWidth) -> Result<u64, DeviceError>;
     /// A store of the low `width` bytes of `value` at `offset`.
     fn write(&mut self, offset: u64, width: AccessWidth, value: u64) -> Result<(), DeviceError>;
+    /// The VM has stopped: hand on anything buffered (a UART's partial last line).
+    fn flush(&mut self) {}
 }
 
 /// Why an MMIO exit could not be completed; each means "inject an external abort".
@@ -179,6 +181,13 @@ impl MmioBus {
         }
         self.slots.push(Slot { base, size, device });
         Ok(())
+    }
+
+    /// Flushes every device (see [`MmioDevice::flush`]).
+    pub fn flush(&mut self) {
+        for s in &mut self.slots {
+            s.device.flush();
+        }
     }
 
     /// The name of the device covering `ipa`, if any.

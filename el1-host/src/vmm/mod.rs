@@ -10,12 +10,16 @@
 //! | [`psci`] | PSCI 1.0 and SMCCC 1.1 for guests: a state machine over the vCPUs' power states |
 //! | [`guest_image`] | checking and placing a guest kernel (arm64 Image or raw binary), initrd and DTB |
 //! | [`guest_dtb`] | generating the guest's device tree |
+//! | [`launch`] | from a guest bundle to vCPUs, guest RAM layout and device tree |
+//! | [`exits`] | what the VMM does with each guest exit (the run loop's decisions) |
 //!
 //! The guest's physical map mirrors QEMU's `virt` board ([`map`]), so a kernel built for
 //! that board finds its devices where it expects them.
 
+pub mod exits;
 pub mod guest_dtb;
 pub mod guest_image;
+pub mod launch;
 pub mod mmio;
 pub mod pl011;
 pub mod psci;

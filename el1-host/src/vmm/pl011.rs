@@ -205,6 +205,10 @@ impl MmioDevice for Pl011 {
         "pl011"
     }
 
+    fn flush(&mut self) {
+        Pl011::flush(self);
+    }
+
     fn read(&mut self, offset: u64, width: AccessWidth) -> Result<u64, DeviceError> {
         check_access(offset, width)?;
         let v = self

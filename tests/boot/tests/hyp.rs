@@ -19,12 +19,14 @@ use xtask::qemu::{self, Outcome, QemuConfig, Report};
 const MAX_PARALLEL: usize = 2;
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// The selftests the host runs on its hyp.
-const SELFTESTS: [&str; 5] = [
+const SELFTESTS: [&str; 6] = [
     "hyp-caps",
     "kern-hyp-va",
     "hyp-constants",
     "hyp-abi",
     "hyp-vectors",
+    // A one-page guest run on every CPU: Hvc, Mmio write of 42, Wfx (issue 4).
+    "hyp-vcpu",
 ];
 
 static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL), Condvar::new());

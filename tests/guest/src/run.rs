@@ -41,6 +41,7 @@ pub extern "C" fn primary_main(dtb: u64) -> ! {
         "guest: image 2 MiB aligned inside RAM {ram_base:#x}..{ram_end:#x}"
     );
     smccc::set_conduit(p.conduit.0);
+    test_hooks(p.bootargs);
     psci::run();
     aborts::run(ram_end);
     smp::run(&p);
@@ -48,6 +49,30 @@ pub extern "C" fn primary_main(dtb: u64) -> ! {
         bench::run(n);
     }
     finish()
+}
+
+/// Whether the kernel command line has the word `w`.
+fn has_word(bootargs: &str, w: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|x| x == w)
+}
+
+/// Misbehaviour on request, for the hypervisor's tests (`docs/guest-status.md`):
+/// `spin` loops forever without a single exit (only the host's timeout ends the
+/// VM); `fault` executes an undefined instruction, which the guest's vectors report
+/// as an unexpected exception (a failed run).
+fn test_hooks(bootargs: &str) {
+    if has_word(bootargs, "spin") {
+        crate::println!("guest: spin: looping forever without exits (as asked)");
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    if has_word(bootargs, "fault") {
+        crate::println!("guest: fault: executing an undefined instruction (as asked)");
+        // SAFETY: UDF raises an undefined-instruction exception, which the guest's
+        // vectors report and turn into a failed run; nothing after it executes.
+        unsafe { core::arch::asm!("udf #0", options(nostack)) };
+    }
 }
 
 static FINISHING: AtomicBool = AtomicBool::new(false);
