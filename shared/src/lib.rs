@@ -17,6 +17,7 @@
 //! | [`exit`] | the typed guest exit record: decoding from ESR/FAR/HPFAR and its wire form |
 //! | [`stage2`] | stage-2 parameters: VTCR_EL2, VTTBR_EL2, table geometry, descriptor attributes |
 //! | [`vcpu`] | the guest ABI: vCPU context, VM calls' argument rules, abort injection |
+//! | [`guest_abi`] | how a guest reports its status, the exit line, the guest bundle xtask hands the host |
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]

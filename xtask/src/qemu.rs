@@ -19,13 +19,13 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-aarch64";
-/// What starts the host's status line.
-pub const STATUS_PREFIX: &str = "host: exit status=";
+// The host's status line, read with the host's own definition of it.
+pub use el1_host::status::{parse_status_line, STATUS_PREFIX};
 /// CPU models the project supports.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a53", "cortex-a57", "cortex-a72", "max"];
 
@@ -148,16 +148,6 @@ pub fn parse_mem(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(1 << shift).filter(|&b| b > 0)
-}
-
-/// Reads the status from a console line, if it is the status line.
-pub fn parse_status_line(line: &str) -> Option<u32> {
-    let at = line.find(STATUS_PREFIX)?;
-    let digits = line[at + STATUS_PREFIX.len()..].trim_end();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 /// How a run ended.
@@ -518,5 +508,36 @@ mod tests {
             .failure()
             .unwrap()
             .contains("without the host's"));
+    }
+}
+
+/// QEMU machines one test process runs at once: CI machines have 2 cores, and TCG keeps
+/// one busy per vCPU thread that is not idle.
+pub const MAX_PARALLEL_QEMUS: usize = 2;
+
+static FREE_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL_QEMUS), Condvar::new());
+
+/// One of the [`MAX_PARALLEL_QEMUS`] places a test takes before it starts QEMU; dropping
+/// it gives the place back.
+pub struct QemuSlot(());
+
+impl QemuSlot {
+    /// Waits for a free place and takes it.
+    pub fn take() -> QemuSlot {
+        let (free, cv) = &FREE_SLOTS;
+        let mut n = free.lock().unwrap_or_else(|e| e.into_inner());
+        while *n == 0 {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n -= 1;
+        QemuSlot(())
+    }
+}
+
+impl Drop for QemuSlot {
+    fn drop(&mut self) {
+        let (free, cv) = &FREE_SLOTS;
+        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cv.notify_one();
     }
 }

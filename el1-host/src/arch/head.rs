@@ -27,24 +27,7 @@
 ///
 /// Only HVC reaches the stub: HCR_EL2, CPTR_EL2, MDCR_EL2, HSTR_EL2 and the FGT registers
 /// are set so that nothing else from EL1 traps to EL2, so the stub does not decode ESR_EL2.
-#[allow(
-    dead_code,
-    reason = "the whole ABI is named here; the hyp loader uses the rest"
-)]
-pub mod stub {
-    /// Install a new EL2 vector table.
-    pub const HVC_SET_VECTORS: u64 = 0;
-    /// Jump to an address at EL2.
-    pub const HVC_SOFT_RESTART: u64 = 1;
-    /// Go back to the stub vectors.
-    pub const HVC_RESET_VECTORS: u64 = 2;
-    /// Finish EL2 set-up.
-    pub const HVC_FINALISE_EL2: u64 = 3;
-    /// Any x0 below this is a stub call.
-    pub const HVC_STUB_HCALL_NR: u64 = 4;
-    /// Returned for an unknown stub call.
-    pub const HVC_STUB_ERR: u64 = 0xbadca11;
-}
+pub use shared::hypercall::stub;
 
 /// SCTLR_EL2 with the MMU off: just the RES1 bits (little endian).
 const SCTLR_EL2_MMU_OFF: u64 = 0x30c5_0830;

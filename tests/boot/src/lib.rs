@@ -7,12 +7,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use xtask::qemu::{self, Outcome, QemuConfig, Report};
 
-/// QEMU machines allowed at once.
-pub const MAX_PARALLEL: usize = 2;
+/// QEMU machines allowed at once (one limit for every QEMU test).
+pub use xtask::qemu::MAX_PARALLEL_QEMUS as MAX_PARALLEL;
 /// Per-boot timeout.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,36 +36,6 @@ pub fn image() -> &'static PathBuf {
         assert!(status.success(), "`cargo xtask build` failed ({status})");
         qemu::image_path(&root)
     })
-}
-
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-static SLOTS: Slots = Slots {
-    free: Mutex::new(MAX_PARALLEL),
-    cv: Condvar::new(),
-};
-
-struct SlotGuard;
-
-impl SlotGuard {
-    fn take() -> Self {
-        let mut free = SLOTS.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = SLOTS.cv.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        SlotGuard
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        *SLOTS.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        SLOTS.cv.notify_one();
-    }
 }
 
 /// One finished boot.
@@ -141,7 +111,7 @@ impl Boot {
 /// Boots the Image with the given CPU model, CPU count and command line.
 pub fn boot(cpu: &str, smp: u32, append: Option<&str>) -> Boot {
     let image = image().clone();
-    let _slot = SlotGuard::take();
+    let _slot = xtask::qemu::QemuSlot::take();
     let mut cfg = QemuConfig::new(image);
     cfg.cpu = cpu.into();
     cfg.smp = smp;

@@ -15,36 +15,15 @@
 //! At most two QEMU machines run at once.
 
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use xtask::bundle::format::{padding, Header};
 use xtask::qemu::{self, Outcome, QemuConfig, Report};
 use xtask::qemu::{ExitReason, STATUS_ERROR, STATUS_TIMEOUT};
 
-const MAX_PARALLEL: usize = 2;
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The guest time limit of the normal runs (well below [`TIMEOUT`]).
 const GUEST_TIMEOUT_SECS: u32 = 90;
-
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL), Condvar::new());
-
-struct Slot;
-impl Slot {
-    fn take() -> Slot {
-        let mut free = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = SLOTS.1.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Slot
-    }
-}
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        SLOTS.1.notify_one();
-    }
-}
 
 /// The test guest's Image, built once.
 fn guest_image() -> &'static PathBuf {
@@ -139,7 +118,7 @@ impl Run {
 
 fn boot(what: &str, cpu: &str, smp: u32, bundle: PathBuf) -> Run {
     let image = boot_tests::image().clone();
-    let _slot = Slot::take();
+    let _slot = xtask::qemu::QemuSlot::take();
     let mut cfg = QemuConfig::new(image);
     cfg.cpu = cpu.into();
     cfg.smp = smp;

@@ -11,11 +11,11 @@ use shared::guest_abi;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// QEMU machines allowed at once.
-pub const MAX_PARALLEL: usize = 2;
+/// QEMU machines allowed at once (one limit for every QEMU test).
+pub use xtask::qemu::MAX_PARALLEL_QEMUS as MAX_PARALLEL;
 /// Per-boot timeout.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Guest RAM.
@@ -33,36 +33,6 @@ pub fn image() -> &'static PathBuf {
         }
         xtask::guest::build_guest(&root).unwrap_or_else(|e| panic!("building the guest: {e}"))
     })
-}
-
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-static SLOTS: Slots = Slots {
-    free: Mutex::new(MAX_PARALLEL),
-    cv: Condvar::new(),
-};
-
-struct SlotGuard;
-
-impl SlotGuard {
-    fn take() -> Self {
-        let mut free = SLOTS.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = SLOTS.cv.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        SlotGuard
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        *SLOTS.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        SLOTS.cv.notify_one();
-    }
 }
 
 /// One finished boot.
@@ -125,7 +95,7 @@ pub fn boot_image(image: &Path, cpu: &str, smp: u32, append: Option<&str>) -> Ru
             xtask::qemu::QEMU
         )
     });
-    let _slot = SlotGuard::take();
+    let _slot = xtask::qemu::QemuSlot::take();
     let start = Instant::now();
     let mut child = Command::new(qemu)
         .args(qemu_args(image, cpu, smp, append))
