@@ -43,6 +43,7 @@ static HOST_HCALLS: [Option<Handler>; NR_HCALLS] = {
     t[HcallId::VmMap as usize] = Some(crate::vm::handle_map);
     t[HcallId::VcpuRun as usize] = Some(crate::vm::handle_run);
     t[HcallId::VmDestroy as usize] = Some(crate::vm::handle_destroy);
+    t[HcallId::VmUnmap as usize] = Some(crate::vm::handle_unmap);
     t
 };
 
@@ -98,8 +99,8 @@ fn handle_vector_stats(ctxt: &mut HostContext) -> Result<(), HcallError> {
     Ok(())
 }
 
-/// Hyp-owned memory: the image itself (text to the end of bss), which the host may not
-/// read through the hyp.
+/// The hyp image itself (text to the end of bss): hyp memory even before
+/// `FinaliseSetup` tells the hyp its whole carve-out.
 fn in_hyp_image(hyp_va: u64) -> bool {
     extern "C" {
         static __hyp_text_start: u8;
@@ -111,15 +112,22 @@ fn in_hyp_image(hyp_va: u64) -> bool {
     (start..end).contains(&hyp_va)
 }
 
+/// Selftest-only: reads a host word through the hyp's mapping. Nothing of the hyp's own
+/// (its carve-out: image, per-CPU blocks, stacks) may come out this way. The carve-out
+/// check is on the hyp VA, after `kern_hyp_va`, so a linear VA beyond RAM whose masked
+/// hyp VA aliases into the carve-out is caught too. Unmapped addresses answer
+/// `NotMapped` first: which carve-out pages EL2 maps is no secret from the host, which
+/// built those tables.
 fn handle_host_read64(ctxt: &mut HostContext) -> Result<(), HcallError> {
     let va = ctxt.regs[1];
     check_read64_arg(va)?;
     let hyp_va = shared::alternative::kern_hyp_va(va);
-    if in_hyp_image(hyp_va) {
-        return Err(HcallError::OutOfRange);
-    }
     if sysreg::translate_read(hyp_va).is_none() {
         return Err(HcallError::NotMapped);
+    }
+    // 8-byte aligned, so the word cannot straddle the carve-out's edge.
+    if in_hyp_image(hyp_va) || crate::vm::overlaps_carveout(hyp_va, 8) {
+        return Err(HcallError::HypMemory);
     }
     // SAFETY: the address is 8-byte aligned and the hyp's stage 1 maps it readable (the
     // AT above); it is host RAM in the linear map, which the host may change under us,

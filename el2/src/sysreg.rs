@@ -1,11 +1,14 @@
-//! The few EL2 system-register accesses and barriers the Rust side of the hyp needs.
-//! Everything else (vectors, init) is assembly in its own file. Cap-dependent ones are
-//! alternatives: the speculation barrier (`HAS_SB`), and DISR_EL1, which exists only
-//! with the RAS extension (its callers check `HAS_RAS_EXTN` with `cap_likely!`).
+//! The few EL2 system-register accesses, barriers and TLB maintenance the Rust side of
+//! the hyp needs. Everything else (vectors, init) is assembly in its own file.
+//! Cap-dependent ones are alternatives: the speculation barrier (`HAS_SB`), DISR_EL1,
+//! which exists only with the RAS extension (its callers check `HAS_RAS_EXTN` with
+//! `cap_likely!`), stage-2 invalidation by IPA range (`HAS_TLB_RANGE`) and the host
+//! stage-1 fence while a guest VMID is borrowed (`WORKAROUND_SPECULATIVE_AT`).
 
 use core::arch::asm;
-use shared::alternative;
 use shared::cpucaps::Cap;
+use shared::stage2::{tlbi_insn, TlbiInsn, TlbiIpaOp, TlbiIpaOps};
+use shared::{alternative, cap_unlikely};
 
 /// ESR_EL2: syndrome of the exception being handled.
 pub fn esr_el2() -> u64 {
@@ -137,28 +140,141 @@ pub fn publish_tables() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 
-/// Invalidates every stage-1 and stage-2 TLB entry of the VMID in `vttbr` (inner
-/// shareable). VTTBR_EL2 is borrowed for the TLBI (it picks the VMID) and restored;
-/// this CPU runs no guest meanwhile (the hyp runs with interrupts masked).
-pub fn flush_vmid(vttbr: u64) {
-    // SAFETY: VTTBR_EL2 is only read by EL1&0 translations, none of which run while
-    // the hyp does; the old value is put back before returning.
+/// TCR_EL1.EPD0 | EPD1: no EL1&0 stage-1 walks from TTBR0/TTBR1.
+const TCR_EPD: u64 = (1 << 7) | (1 << 23);
+
+/// Runs `f` with VTTBR_EL2 = `vttbr` (TLBIs by VMID or IPA act on its VMID) and puts the
+/// old value back; this CPU runs no guest meanwhile (the hyp runs with interrupts
+/// masked). With the speculative-AT erratum (A57/A72) the live host stage 1 must not
+/// walk while a guest's VMID is loaded (the walk could combine the two), so its walks
+/// are disabled (TCR_EL1.EPD0/EPD1; the host's MMU is on) for that time.
+fn with_vmid<R>(vttbr: u64, f: impl FnOnce() -> R) -> R {
+    let host_tcr = if cap_unlikely!(Cap::WorkaroundSpeculativeAt) {
+        let tcr: u64;
+        // SAFETY: the host's EL1 state is live but the host does not run until the hyp
+        // returns; TCR_EL1 is restored below, before that.
+        unsafe {
+            asm!(
+                "mrs {t}, tcr_el1",
+                "orr {e}, {t}, {epd}",
+                "msr tcr_el1, {e}",
+                "isb",
+                t = out(reg) tcr,
+                e = out(reg) _,
+                epd = in(reg) TCR_EPD,
+                options(nostack, preserves_flags)
+            )
+        };
+        Some(tcr)
+    } else {
+        None
+    };
+    let old: u64;
+    // SAFETY: VTTBR_EL2 is only read by EL1&0 translations, none of which run while the
+    // hyp does; the old value is put back below.
     unsafe {
         asm!(
             "mrs {old}, vttbr_el2",
             "msr vttbr_el2, {new}",
             "isb",
-            "dsb ishst",
-            "tlbi vmalls12e1is",
-            "dsb ish",
-            "isb",
-            "msr vttbr_el2, {old}",
-            "isb",
-            old = out(reg) _,
+            old = out(reg) old,
             new = in(reg) vttbr,
             options(nostack, preserves_flags)
         )
     };
+    let r = f();
+    // SAFETY: as above: the host's value back.
+    unsafe {
+        asm!(
+            "msr vttbr_el2, {old}",
+            "isb",
+            old = in(reg) old,
+            options(nostack, preserves_flags)
+        )
+    };
+    if let Some(tcr) = host_tcr {
+        // SAFETY: the host's own TCR_EL1 value, read above.
+        unsafe {
+            asm!(
+                "msr tcr_el1, {t}",
+                "isb",
+                t = in(reg) tcr,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+    r
+}
+
+/// Invalidates every stage-1 and stage-2 TLB entry of the VMID in `vttbr` (inner
+/// shareable), with VTTBR_EL2 borrowed ([`with_vmid`]).
+pub fn flush_vmid(vttbr: u64) {
+    with_vmid(vttbr, || {
+        // SAFETY: TLB invalidation only drops cached translations; the barriers order
+        // it after the table writes and before the hyp continues.
+        unsafe {
+            asm!(
+                "dsb ishst",
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        };
+    });
+}
+
+/// Whether stage-2 invalidations by IPA use FEAT_TLBIRANGE ranges: the `HAS_TLB_RANGE`
+/// alternative (a `nop` patched to a branch), so the answer is in the text, not loaded.
+#[inline(always)]
+pub fn tlb_range() -> bool {
+    cap_unlikely!(Cap::HasTlbRange)
+}
+
+/// Invalidates the TLBs of the VMID in `vttbr` for an IPA range after its stage-2
+/// entries were cleared: `DSB ISHST` (the cleared descriptors reach the walkers), the
+/// instructions of `ops` (built by `shared::stage2::tlbi_ipa_ops` with the
+/// [`tlb_range`] answer), `DSB ISH`, `TLBI VMALLE1IS` (combined stage-1+2 entries may
+/// still hold the old translation), `DSB ISH`, `ISB` — all with VTTBR_EL2 borrowed
+/// ([`with_vmid`]). Returns the number of invalidation-by-IPA instructions issued.
+pub fn invalidate_ipa_range(vttbr: u64, ops: TlbiIpaOps) -> u64 {
+    with_vmid(vttbr, || {
+        // SAFETY: a barrier.
+        unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+        let mut n = 0;
+        for op in ops {
+            match op {
+                // SAFETY: TLB invalidation by IPA only drops cached translations.
+                TlbiIpaOp::Page(x) => unsafe {
+                    asm!("tlbi ipas2e1is, {x}", x = in(reg) x, options(nostack, preserves_flags))
+                },
+                // SAFETY: as above. Only reached with HAS_TLB_RANGE (the ops are ranges
+                // only when `tlb_range()` said so), so the instruction exists. The
+                // assembler refuses the mnemonic without the tlb-rmi feature, hence the
+                // word from `shared::stage2::tlbi_insn` (checked against llvm-mc).
+                TlbiIpaOp::Range(x) => unsafe {
+                    asm!(
+                        ".inst {insn} // tlbi ripas2e1is, x9",
+                        insn = const tlbi_insn(TlbiInsn::Ripas2e1is, 9),
+                        in("x9") x,
+                        options(nostack, preserves_flags)
+                    )
+                },
+            }
+            n += 1;
+        }
+        // SAFETY: TLB invalidation and barriers only.
+        unsafe {
+            asm!(
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        };
+        n
+    })
 }
 
 /// Invalidates all EL1&0 stage-1 and stage-2 TLB entries (all VMIDs) and the instruction

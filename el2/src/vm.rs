@@ -1,7 +1,8 @@
-//! VMs and the VM hypercalls (`VmCreate`, `VmMap`, `VcpuRun`, `VmDestroy`; ABI in
-//! `shared::vcpu`): the static VM table (no heap at EL2), the checks on every piece of
-//! host memory the host names, the stage-2 tables built in the host-given pool with
-//! `shared::stage2`'s walker, and the hand-over to the world switch.
+//! VMs and the VM hypercalls (`VmCreate`, `VmMap`, `VmUnmap`, `VcpuRun`, `VmDestroy`;
+//! ABI in `shared::vcpu`): the static VM table (no heap at EL2), the checks on every
+//! piece of host memory the host names, the stage-2 tables built in the host-given pool
+//! with `shared::stage2`'s walker, the TLB invalidation after an unmap, and the
+//! hand-over to the world switch.
 //!
 //! Host memory arrives as linear-map VAs. Before the hyp touches any, it checks the
 //! range lies in the linear map, translates it with `kern_hyp_va`, refuses it if it
@@ -15,12 +16,13 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use shared::cpucaps::Cap;
 use shared::hypercall::HcallError;
 use shared::stage2::{
-    self, s2_attributes, vtcr_from_id_regs, vttbr_el2, MapError, S2Access, S2MemType,
+    self, s2_attributes, tlbi_ipa_ops, vtcr_from_id_regs, vttbr_el2, MapError, S2Access, S2MemType,
     Stage2Geometry, TableMemory, VmidBits,
 };
 use shared::vcpu::{
-    self, check_context_ptr, check_map_args, check_pstate, split_vm_handle, vm_handle, VcpuContext,
-    INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT, INJECT_NONE, MAX_VMS, PAGE,
+    self, check_context_ptr, check_map_args, check_pstate, check_unmap_args, split_vm_handle,
+    vm_handle, TlbiPath, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT, INJECT_NONE,
+    MAX_VMS, PAGE,
 };
 use shared::{cap_likely, cap_unlikely};
 
@@ -45,18 +47,25 @@ pub fn set_carveout(linear_va: u64, size: u64) -> Result<(), HcallError> {
     Ok(())
 }
 
+/// Whether `[hva, hva + bytes)` (hyp VAs) overlaps the carve-out; `false` until
+/// `FinaliseSetup` named it.
+pub fn overlaps_carveout(hva: u64, bytes: u64) -> bool {
+    let size = CARVE_SIZE.load(Ordering::Acquire);
+    let carve = CARVE_HVA.load(Ordering::Relaxed);
+    let end = hva.saturating_add(bytes);
+    size != 0 && hva < carve.wrapping_add(size) && end > carve
+}
+
 /// Checks host memory `[va, va + bytes)` (a linear VA) and returns its hyp VA and PA.
 /// The range must be physically contiguous.
 fn host_range(va: u64, bytes: u64) -> Result<(u64, u64), HcallError> {
     vcpu::check_linear_range(va, bytes)?;
-    let size = CARVE_SIZE.load(Ordering::Acquire);
-    if size == 0 {
+    if CARVE_SIZE.load(Ordering::Acquire) == 0 {
         return Err(HcallError::NotReady);
     }
-    let carve = CARVE_HVA.load(Ordering::Relaxed);
     let hva = shared::alternative::kern_hyp_va(va);
     let end = hva.checked_add(bytes).ok_or(HcallError::OutOfRange)?;
-    if hva < carve.wrapping_add(size) && end > carve {
+    if overlaps_carveout(hva, bytes) {
         return Err(HcallError::HypMemory);
     }
     let first = hva & !(PAGE - 1);
@@ -196,6 +205,7 @@ fn map_error(e: MapError) -> HcallError {
     match e {
         MapError::Overlap { .. } => HcallError::Overlap,
         MapError::NoMemory { .. } => HcallError::NoMemory,
+        MapError::NotMapped { .. } => HcallError::NotGuestMapped,
         MapError::CorruptTable { .. } | MapError::BadRange => HcallError::OutOfRange,
     }
 }
@@ -279,6 +289,39 @@ pub fn handle_map(ctxt: &mut HostContext) -> Result<(), HcallError> {
         Ok(())
     })?;
     ctxt.regs[1] = 0;
+    Ok(())
+}
+
+/// `VmUnmap`: x1 handle, x2 IPA, x3 bytes. Reply x1 = [`TlbiPath`], x2 = TLBI-by-IPA
+/// instructions issued.
+///
+/// Under the VM's lock with no vCPU running, so no walker uses the tables while they
+/// change and none can start before the TLBs are clean: checks (arguments, the
+/// invalidation operands, every page mapped, pool space for splits), then the stage-2
+/// entries, then the invalidation of exactly the range.
+pub fn handle_unmap(ctxt: &mut HostContext) -> Result<(), HcallError> {
+    let (handle, ipa, bytes) = (ctxt.regs[1], ctxt.regs[2], ctxt.regs[3]);
+    let (path, issued) = with_vm(handle, |slot, vm| {
+        if slot.running.load(Ordering::Acquire) != 0 {
+            return Err(HcallError::Busy);
+        }
+        check_unmap_args(ipa, bytes, vm.geometry.ipa_bits)?;
+        let range = sysreg::tlb_range();
+        // Built before anything changes: the tables are never left cleared with the
+        // TLBs unmaintained.
+        let ops = tlbi_ipa_ops(ipa, bytes, range).map_err(|_| HcallError::OutOfRange)?;
+        let geometry = vm.geometry;
+        stage2::unmap_range(&mut vm.pool, &geometry, vm.root_pa, ipa, bytes).map_err(map_error)?;
+        let issued = sysreg::invalidate_ipa_range(vm.vttbr, ops);
+        let path = if range {
+            TlbiPath::Range
+        } else {
+            TlbiPath::PerPage
+        };
+        Ok((path, issued))
+    })?;
+    ctxt.regs[1] = path as u64;
+    ctxt.regs[2] = issued;
     Ok(())
 }
 

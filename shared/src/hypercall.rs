@@ -114,9 +114,11 @@ define_hcalls! {
     /// (Spectre-v3a) vector table, `x2` = host calls this CPU handled in total (this
     /// one included).
     VectorStats = 8 => "vector_stats",
-    /// `x1` = a host linear-map VA of RAM, 8-byte aligned; reply `x1` = the 64-bit word
-    /// there, read through the hyp's mapping. Refused if misaligned, not a linear-map
-    /// VA, or not mapped at EL2.
+    /// Selftest: `x1` = a host linear-map VA of RAM, 8-byte aligned; reply `x1` = the
+    /// 64-bit word there, read through the hyp's mapping. Refused if misaligned or not a
+    /// linear-map VA (`Misaligned`, `OutOfRange`), not mapped at EL2 (`NotMapped`), or
+    /// inside the hyp's carve-out (`HypMemory`): the image, and once `FinaliseSetup`
+    /// named it the whole carve-out with the per-CPU blocks and stacks.
     HostRead64 = 9 => "host_read64",
     /// Creates a VM (`shared::vcpu`): `x1` = linear VA of the stage-2 table pool, `x2` =
     /// its bytes, `x3` = IPA bits (0 = default). Reply `x1` = handle, `x2` = VMID, `x3` =
@@ -132,14 +134,23 @@ define_hcalls! {
     /// Destroys a VM: `x1` = handle. Its VMID's TLB entries are invalidated and its
     /// pool is the host's again. Refused (`Busy`) while one of its vCPUs runs.
     VmDestroy = 13 => "vm_destroy",
+    /// Unmaps guest memory: `x1` = handle, `x2` = IPA, `x3` = bytes (page aligned,
+    /// inside the IPA space, every page mapped; a 2 MiB block the range covers only in
+    /// part is split, which may take a pool page). The stage-2 entries are cleared and
+    /// the TLBs invalidated for exactly that range before the reply. Reply `x1` = the
+    /// invalidation path (`shared::vcpu::TlbiPath`), `x2` = TLBI-by-IPA instructions
+    /// issued. Refused (`Busy`) while one of the VM's vCPUs runs; nothing is changed on
+    /// refusal.
+    VmUnmap = 14 => "vm_unmap",
 }
 
 /// First id of the runtime group; ids `1..FIRST_RUNTIME_HCALL` are setup calls that
 /// close once the host has sent [`HcallId::FinaliseSetup`].
 pub const FIRST_RUNTIME_HCALL: u16 = HcallId::FlushVmContext as u16;
 
-/// What [`HcallId::Ping`] returns. 2: the VM calls (`VmCreate`…`VmDestroy`).
-pub const HYP_ABI_VERSION: u64 = 2;
+/// What [`HcallId::Ping`] returns. 2: the VM calls (`VmCreate`…`VmDestroy`); 3:
+/// `VmUnmap`, and `HostRead64` refuses the whole carve-out (`HypMemory`).
+pub const HYP_ABI_VERSION: u64 = 3;
 
 /// Words of a cap bitmap as [`HcallId::EvalCaps`] returns it.
 pub const CAP_WORDS: usize = NCAPS.div_ceil(64);
@@ -215,11 +226,13 @@ pub enum HcallError {
     BadInjection = 12,
     /// VM calls need the carve-out the host gives in `FinaliseSetup`.
     NotReady = 13,
+    /// Part of the IPA range to unmap is not mapped.
+    NotGuestMapped = 14,
 }
 
 impl HcallError {
     /// Every error, in code order.
-    pub const ALL: [HcallError; 13] = [
+    pub const ALL: [HcallError; 14] = [
         HcallError::Misaligned,
         HcallError::OutOfRange,
         HcallError::NotMapped,
@@ -233,6 +246,7 @@ impl HcallError {
         HcallError::BadPstate,
         HcallError::BadInjection,
         HcallError::NotReady,
+        HcallError::NotGuestMapped,
     ];
 }
 
@@ -267,6 +281,7 @@ impl fmt::Display for HcallError {
             HcallError::BadPstate => "guest PSTATE is not AArch64 EL0/EL1",
             HcallError::BadInjection => "unknown injection kind",
             HcallError::NotReady => "VM calls need FinaliseSetup with the carve-out",
+            HcallError::NotGuestMapped => "IPA range is not entirely mapped in the VM",
         })
     }
 }
@@ -464,7 +479,7 @@ mod tests {
         );
         assert_eq!(SMCCC_NOT_SUPPORTED, 0xffff_ffff_ffff_ffff);
         assert_eq!(HcallError::from_code(0), None);
-        assert_eq!(HcallError::from_code(14), None);
+        assert_eq!(HcallError::from_code(15), None);
         for (i, e) in HcallError::ALL.iter().enumerate() {
             assert_eq!(e.code(), i as u64 + 1);
             assert!(!e.to_string().is_empty());

@@ -17,6 +17,7 @@
 //! | `VmMap` | x1 = handle, x2 = IPA, x3 = linear VA of the backing host RAM, x4 = bytes (all page aligned) | — (normal write-back memory, RWX) |
 //! | `VcpuRun` | x1 = handle, x2 = linear VA of a [`VcpuContext`] (16-byte aligned) | x1 = exit kind (`shared::exit::KIND_*`); the record is in `VcpuContext::exit` |
 //! | `VmDestroy` | x1 = handle | — (stage 2 and TLBs of the VMID invalidated; the pool is the host's again) |
+//! | `VmUnmap` | x1 = handle, x2 = IPA, x3 = bytes (page aligned, inside the IPA space, every page mapped: [`check_unmap_args`]) | x1 = [`TlbiPath`] taken, x2 = TLBI-by-IPA instructions issued |
 //!
 //! Failures: x0 = INVALID_PARAMETER (−3) with an [`crate::hypercall::HcallError`] in
 //! x1, and nothing changed (a `VmMap` is checked completely — range, overlap, pool
@@ -29,6 +30,18 @@
 //! * **Mappings** are 2 MiB blocks where IPA, PA and length allow, 4 KiB pages
 //!   elsewhere; an IPA range that overlaps anything already mapped is refused
 //!   (`Overlap`). The backing must be physically contiguous RAM (a linear-map range is).
+//! * **Unmapping** (`VmUnmap`) clears the stage-2 entries of the range and invalidates
+//!   the TLBs for exactly that range before it returns, so no vCPU can reach the pages
+//!   afterwards and the host may reuse them. It is refused while a vCPU of the VM runs
+//!   (`Busy`: no vCPU may walk tables that change) and when any page of the range is not
+//!   mapped (`NotGuestMapped`). A 2 MiB block the range covers only in part is **split**
+//!   (a level-3 table with the same translation replaces it, then the range's pages are
+//!   cleared); that table comes from the pool, so a split can fail with `NoMemory`. A
+//!   block-sized map later lands as pages in such a table. The invalidation (with the
+//!   VM's VTTBR loaded): `DSB ISHST`, the range by IPA — `TLBI RIPAS2E1IS` ranges where
+//!   the CPUs have FEAT_TLBIRANGE (`HAS_TLB_RANGE`), else one `TLBI IPAS2E1IS` per page
+//!   ([`TlbiPath`]) — then `DSB ISH`, `TLBI VMALLE1IS` (combined stage-1+2 entries may
+//!   hold the old translation), `DSB ISH`, `ISB`.
 //! * **`VcpuRun`** loads the context, runs the guest until the first exit the hyp does
 //!   not absorb, saves the context and returns. Exits: HVC, SMC, WFI/WFE, trapped system
 //!   registers, MMIO (stage-2 fault with a valid syndrome outside guest RAM), aborts
@@ -51,8 +64,8 @@
 //!   the guest's virtual timer on exit (its value is saved), so it cannot fire into
 //!   the host; the host reads `sys.cntv_ctl_el0` / `cntv_cval_el0` to see if it is due.
 //! * **One CPU at a time** per context: the hyp claims `VcpuContext::running` for the
-//!   run and refuses a context that another CPU runs (`Busy`). `VmDestroy` is refused
-//!   while any vCPU of the VM runs.
+//!   run and refuses a context that another CPU runs (`Busy`). `VmDestroy` and
+//!   `VmUnmap` are refused while any vCPU of the VM runs.
 
 use crate::exit::{Exit, ExitRecord, ExitRecordError};
 use crate::hypercall::{is_linear_va, HcallError};
@@ -423,6 +436,52 @@ pub fn check_map_args(ipa: u64, va: u64, bytes: u64, ipa_bits: u8) -> Result<(),
     check_linear_range(va, bytes)
 }
 
+/// Checks the pure part of a `VmUnmap`: IPA and length page aligned, non-empty, the
+/// range inside `2^ipa_bits`. Whether every page is mapped is the walker's check.
+pub fn check_unmap_args(ipa: u64, bytes: u64, ipa_bits: u8) -> Result<(), HcallError> {
+    if !ipa.is_multiple_of(PAGE) || !bytes.is_multiple_of(PAGE) {
+        return Err(HcallError::Misaligned);
+    }
+    if bytes == 0 {
+        return Err(HcallError::OutOfRange);
+    }
+    let end = ipa.checked_add(bytes).ok_or(HcallError::OutOfRange)?;
+    if ipa_bits >= 64 || end > 1u64 << ipa_bits {
+        return Err(HcallError::OutOfRange);
+    }
+    Ok(())
+}
+
+/// How the hyp invalidated the TLBs for a `VmUnmap` (its reply `x1`), as the
+/// `HAS_TLB_RANGE` alternative chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum TlbiPath {
+    /// One `TLBI IPAS2E1IS` per page (no FEAT_TLBIRANGE).
+    PerPage = 1,
+    /// `TLBI RIPAS2E1IS` ranges (FEAT_TLBIRANGE), plus one page for an odd count.
+    Range = 2,
+}
+
+impl TlbiPath {
+    /// The path with reply code `x1`, if it is one.
+    pub const fn from_code(x1: u64) -> Option<TlbiPath> {
+        match x1 {
+            1 => Some(TlbiPath::PerPage),
+            2 => Some(TlbiPath::Range),
+            _ => None,
+        }
+    }
+
+    /// A short name for messages and selftest lines: `per-page` or `range`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TlbiPath::PerPage => "per-page",
+            TlbiPath::Range => "range",
+        }
+    }
+}
+
 /// Checks the pure part of a `VcpuRun` context pointer: 16-byte aligned, the whole
 /// context inside the linear map.
 pub fn check_context_ptr(va: u64) -> Result<(), HcallError> {
@@ -647,6 +706,39 @@ mod tests {
                 "{bad:#x}"
             );
         }
+    }
+
+    #[test]
+    fn unmap_arguments_and_paths() {
+        assert_eq!(check_unmap_args(0x4000_0000, 0x2000, 40), Ok(()));
+        assert_eq!(
+            check_unmap_args(0x4000_0800, 0x1000, 40),
+            Err(HcallError::Misaligned)
+        );
+        assert_eq!(
+            check_unmap_args(0x4000_0000, 0x1800, 40),
+            Err(HcallError::Misaligned)
+        );
+        assert_eq!(
+            check_unmap_args(0x4000_0000, 0, 40),
+            Err(HcallError::OutOfRange)
+        );
+        assert_eq!(check_unmap_args((1 << 40) - 0x1000, 0x1000, 40), Ok(()));
+        assert_eq!(
+            check_unmap_args((1 << 40) - 0x1000, 0x2000, 40),
+            Err(HcallError::OutOfRange)
+        );
+        assert_eq!(
+            check_unmap_args(u64::MAX - 0xfff, 0x2000, 48),
+            Err(HcallError::OutOfRange)
+        );
+        for p in [TlbiPath::PerPage, TlbiPath::Range] {
+            assert_eq!(TlbiPath::from_code(p as u64), Some(p));
+        }
+        assert_eq!(TlbiPath::from_code(0), None);
+        assert_eq!(TlbiPath::from_code(3), None);
+        assert_eq!(TlbiPath::Range.name(), "range");
+        assert_eq!(TlbiPath::PerPage.name(), "per-page");
     }
 
     #[test]

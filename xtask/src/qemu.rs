@@ -398,6 +398,37 @@ pub fn image_path(root: &Path) -> PathBuf {
     root.join("target/aarch64-unknown-none/release/el1-host.img")
 }
 
+/// QEMU machines one test process runs at once: CI machines have 2 cores, and TCG keeps
+/// one busy per vCPU thread that is not idle.
+pub const MAX_PARALLEL_QEMUS: usize = 2;
+
+static FREE_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL_QEMUS), Condvar::new());
+
+/// One of the [`MAX_PARALLEL_QEMUS`] places a test takes before it starts QEMU; dropping
+/// it gives the place back.
+pub struct QemuSlot(());
+
+impl QemuSlot {
+    /// Waits for a free place and takes it.
+    pub fn take() -> QemuSlot {
+        let (free, cv) = &FREE_SLOTS;
+        let mut n = free.lock().unwrap_or_else(|e| e.into_inner());
+        while *n == 0 {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n -= 1;
+        QemuSlot(())
+    }
+}
+
+impl Drop for QemuSlot {
+    fn drop(&mut self) {
+        let (free, cv) = &FREE_SLOTS;
+        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cv.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,36 +539,5 @@ mod tests {
             .failure()
             .unwrap()
             .contains("without the host's"));
-    }
-}
-
-/// QEMU machines one test process runs at once: CI machines have 2 cores, and TCG keeps
-/// one busy per vCPU thread that is not idle.
-pub const MAX_PARALLEL_QEMUS: usize = 2;
-
-static FREE_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL_QEMUS), Condvar::new());
-
-/// One of the [`MAX_PARALLEL_QEMUS`] places a test takes before it starts QEMU; dropping
-/// it gives the place back.
-pub struct QemuSlot(());
-
-impl QemuSlot {
-    /// Waits for a free place and takes it.
-    pub fn take() -> QemuSlot {
-        let (free, cv) = &FREE_SLOTS;
-        let mut n = free.lock().unwrap_or_else(|e| e.into_inner());
-        while *n == 0 {
-            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
-        }
-        *n -= 1;
-        QemuSlot(())
-    }
-}
-
-impl Drop for QemuSlot {
-    fn drop(&mut self) {
-        let (free, cv) = &FREE_SLOTS;
-        *free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        cv.notify_one();
     }
 }

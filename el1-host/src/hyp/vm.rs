@@ -1,4 +1,4 @@
-//! Safe host wrappers of the hyp's VM calls (`VmCreate`, `VmMap`, `VcpuRun`,
+//! Safe host wrappers of the hyp's VM calls (`VmCreate`, `VmMap`, `VmUnmap`, `VcpuRun`,
 //! `VmDestroy`; the ABI is documented in `shared::vcpu`).
 //!
 //! The hyp takes host memory only as linear-map VAs. These wrappers translate: the pool
@@ -9,6 +9,7 @@
 //! ```ignore
 //! let vm = Vm::create(64, None)?;                  // 64 pool pages, default IPA size
 //! vm.map(0x4000_0000, pa_of(ram.as_ptr())?, ram.len() as u64)?;
+//! vm.unmap(0x4000_0000, 0x1000)?;                 // gone from stage 2 and the TLBs
 //! let mut vcpu = VcpuContext::new(entry, dtb_ipa, 0);
 //! loop {
 //!     match vm.run_vcpu(&mut vcpu)? { Exit::Hvc { .. } => …, … }
@@ -21,7 +22,7 @@ use core::fmt;
 use el1_host::layout::{KIMAGE_VADDR, PAGE_OFFSET, PAGE_SIZE};
 use shared::exit::{Exit, ExitRecordError};
 use shared::hypercall::{self, HcallFailure, HcallId};
-use shared::vcpu::{VcpuContext, VmDescriptor};
+use shared::vcpu::{TlbiPath, VcpuContext, VmDescriptor};
 
 /// What the wrappers need to know about the host's layout, set by the hyp install.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +62,8 @@ pub enum VmError {
     Hyp(HcallId, HcallFailure),
     /// The hyp wrote an exit record that does not decode.
     BadExit(ExitRecordError),
+    /// The hyp succeeded but replied with a value this ABI does not define.
+    BadReply(HcallId, u64),
 }
 
 impl fmt::Display for VmError {
@@ -71,6 +74,7 @@ impl fmt::Display for VmError {
             VmError::OutOfMemory { bytes } => write!(f, "cannot allocate {bytes:#x} bytes"),
             VmError::Hyp(id, e) => write!(f, "{}: {e}", id.name()),
             VmError::BadExit(e) => write!(f, "{e}"),
+            VmError::BadReply(id, x) => write!(f, "{}: unexpected reply {x:#x}", id.name()),
         }
     }
 }
@@ -95,7 +99,7 @@ pub fn pa_of<T>(ptr: *const T) -> Result<u64, VmError> {
 }
 
 /// The linear-map VA of a PA in RAM (no check that RAM is there: the hyp checks).
-fn linear_va_of_pa(pa: u64) -> Result<u64, VmError> {
+pub fn linear_va_of_pa(pa: u64) -> Result<u64, VmError> {
     let l = LAYOUT.get().ok_or(VmError::NoHyp)?;
     pa.checked_sub(l.memstart)
         .map(|off| off + PAGE_OFFSET)
@@ -129,6 +133,15 @@ fn vm_call(id: HcallId, args: [u64; 4]) -> Result<[u64; 4], VmError> {
     hypercall::decode_reply(r[0], r[1])
         .map(|_| [r[1], r[2], r[3], r[4]])
         .map_err(|e| VmError::Hyp(id, e))
+}
+
+/// What the hyp reported for a [`Vm::unmap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unmapped {
+    /// How it invalidated the TLBs (its `HAS_TLB_RANGE` alternative).
+    pub path: TlbiPath,
+    /// TLBI-by-IPA instructions it issued.
+    pub tlbi_ops: u64,
 }
 
 /// A VM in the hyp, with the stage-2 table pool the host gave it.
@@ -208,6 +221,18 @@ impl Vm {
     pub fn map(&self, ipa: u64, pa: u64, bytes: u64) -> Result<(), VmError> {
         let va = linear_va_of_pa(pa)?;
         vm_call(HcallId::VmMap, [self.desc.handle, ipa, va, bytes]).map(|_| ())
+    }
+
+    /// Removes `bytes` at `ipa` from the guest (page aligned, every page mapped) and
+    /// invalidates the TLBs for that range; afterwards no vCPU reaches the memory and
+    /// the host may reuse it. Refused (`Busy`) while a vCPU of this VM runs.
+    pub fn unmap(&self, ipa: u64, bytes: u64) -> Result<Unmapped, VmError> {
+        let r = vm_call(HcallId::VmUnmap, [self.desc.handle, ipa, bytes, 0])?;
+        let path = TlbiPath::from_code(r[0]).ok_or(VmError::BadReply(HcallId::VmUnmap, r[0]))?;
+        Ok(Unmapped {
+            path,
+            tlbi_ops: r[1],
+        })
     }
 
     /// Runs `vcpu` until its next exit and returns it (the raw syndrome is in

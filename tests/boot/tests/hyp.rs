@@ -25,7 +25,8 @@ const SELFTESTS: [&str; 6] = [
     "hyp-constants",
     "hyp-abi",
     "hyp-vectors",
-    // A one-page guest run on every CPU: Hvc, Mmio write of 42, Wfx (issue 4).
+    // A one-page guest run on every CPU: Hvc, Mmio write of 42, a read of two data
+    // pages before and after VmUnmap, Wfx, Smc, an injected abort (issue 4).
     "hyp-vcpu",
 ];
 
@@ -243,6 +244,16 @@ fn model(cpu: &str, smp: u32, mem: &str, tag_lsb: u8) {
         "path=direct"
     };
     assert!(v.contains(want), "{}: {v}", r.what);
+    // VmUnmap's TLB invalidation: the HAS_TLB_RANGE alternative takes the range path
+    // only where the CPU has FEAT_TLBIRANGE (of these models, `max`).
+    let u = r.one("selftest: hyp-vcpu ");
+    let want = if cpu == "max" { "range" } else { "per-page" };
+    assert_eq!(field(u, "tlbi"), Some(want), "{}: {u}", r.what);
+    assert!(
+        field(u, "exits").is_some_and(|e| e.contains("unmapped-read")),
+        "{}: {u}",
+        r.what
+    );
 }
 
 /// One test per CPU model, CPU count and RAM size.
