@@ -6,9 +6,9 @@
 //! stage-1 fence while a guest VMID is borrowed (`WORKAROUND_SPECULATIVE_AT`).
 
 use core::arch::asm;
+use shared::cap_unlikely;
 use shared::cpucaps::Cap;
 use shared::stage2::{tlbi_insn, TlbiInsn, TlbiIpaOp, TlbiIpaOps};
-use shared::{alternative, cap_unlikely};
 
 /// ESR_EL2: syndrome of the exception being handled.
 pub fn esr_el2() -> u64 {
@@ -60,20 +60,7 @@ pub fn take_disr() -> u64 {
     v
 }
 
-/// Speculation barrier after a bounds check: `SB` where the CPUs have it (`HAS_SB`),
-/// else `DSB NSH; ISB`.
-#[inline(always)]
-pub fn speculation_barrier() {
-    // SAFETY: barriers only; no memory, stack or flags are touched.
-    unsafe {
-        alternative!(
-            cap = Cap::HasSb,
-            default = ["dsb nsh", "isb"],
-            replacement = [".inst 0xd50330ff // sb", "nop"],
-            options(nostack, preserves_flags),
-        )
-    }
-}
+pub use shared::alternative::speculation_barrier;
 
 /// The PA behind hyp VA `va` if the hyp's stage 1 maps it readable (AT S1E2R).
 pub fn translate_read(va: u64) -> Option<u64> {

@@ -4,7 +4,6 @@
 //! (`dsb nsh; isb` until the system pass finds HAS_SB on every CPU, then `sb; nop`).
 
 use shared::alternative;
-use shared::cpucaps::Cap;
 
 /// Instruction synchronisation barrier.
 #[inline(always)]
@@ -35,21 +34,10 @@ pub fn sev() {
     unsafe { core::arch::asm!("sev", options(nomem, nostack, preserves_flags)) }
 }
 
-/// Speculation barrier: no instruction after it executes speculatively until everything
-/// before it has completed. `dsb nsh; isb` by default; `sb; nop` once the system pass has
-/// applied HAS_SB (FEAT_SB on every CPU). The assembler does not know `sb` for this
-/// target, so it is written as its encoding.
+/// Speculation barrier (`shared::alternative::speculation_barrier`, a HAS_SB site).
 #[inline(always)]
 pub fn spec_bar() {
-    // SAFETY: both halves are barriers only; no memory, stack or flags are touched.
-    unsafe {
-        alternative!(
-            cap = Cap::HasSb,
-            default = ["dsb nsh", "isb"],
-            replacement = [".inst 0xd50330ff // sb", "nop"],
-            options(nostack, preserves_flags),
-        )
-    }
+    alternative::speculation_barrier()
 }
 
 /// `Some(index)` if `index < len`, with a speculation barrier on the in-bounds path so

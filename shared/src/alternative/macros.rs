@@ -526,6 +526,24 @@ pub fn system_capabilities_finalized() -> bool {
     crate::cap_likely!(crate::cpucaps::Cap::AlwaysSystem)
 }
 
+/// Speculation barrier: no later instruction executes speculatively until everything
+/// before it has completed. `dsb nsh; isb` by default; `sb; nop` once the system pass
+/// finds HAS_SB (FEAT_SB) on every CPU. One definition for both images; `sb` is written
+/// as its encoding because the assembler does not enable FEAT_SB for these targets.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub fn speculation_barrier() {
+    // SAFETY: both halves are barriers only; no memory, stack or flags are touched.
+    unsafe {
+        crate::alternative!(
+            cap = crate::cpucaps::Cap::HasSb,
+            default = ["dsb nsh", "isb"],
+            replacement = [".inst 0xd50330ff // sb", "nop"],
+            options(nostack, preserves_flags),
+        )
+    }
+}
+
 /// Whether the boot CPU's caps have been applied to this image: `cap_likely!(ALWAYS_BOOT)`,
 /// which flips to `true` when the boot alternatives pass patches this image.
 #[cfg(target_arch = "aarch64")]

@@ -11,7 +11,7 @@ mod record;
 
 #[cfg(target_arch = "aarch64")]
 pub use macros::{
-    boot_capabilities_finalized, final_ctr_el0, kern_hyp_va, kimage_voffset,
+    boot_capabilities_finalized, final_ctr_el0, kern_hyp_va, kimage_voffset, speculation_barrier,
     system_capabilities_finalized,
 };
 pub use macros::{callback_cap_field, callback_template_bytes, plain_cap_field, site_cap_number};
