@@ -33,6 +33,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use el1_host::layout::{LinearMap, PhysRange};
 use el1_host::vmm::exits::{Step, VmEnd, VmModel};
+use el1_host::vmm::idregs::GuestIdRegs;
 use el1_host::vmm::launch::{self, Launch};
 use el1_host::vmm::mmio::MmioBus;
 use el1_host::vmm::pl011::Pl011;
@@ -355,7 +356,12 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
         bench_host_ping(n);
     }
     let boxed = Box::new(Shared {
-        model: VmModel::new(VM_ID, psci, bus),
+        // The guest's ID registers: the host's sanitised ones, filtered to what the hyp
+        // virtualises (TID3 traps every read to the VMM).
+        model: VmModel::new(VM_ID, psci, bus).with_id_regs(GuestIdRegs::from_final(
+            crate::cpufeature::final_caps(),
+            d.ipa_bits as u8,
+        )),
         vm,
         host_cpus: host_cpus[..nvcpus].to_vec(),
         mpidrs: launch.mpidrs.clone(),

@@ -30,7 +30,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use shared::cpucaps::Cap;
 use shared::exit::{decode_trap, Exit, TrapVector};
 use shared::vcpu::{
-    inject_sea, FaultSite, GuestSysRegs, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, MPIDR_RES1,
+    inject_sea, inject_undef, FaultSite, GuestSysRegs, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE,
+    INJECT_UNDEF, MPIDR_RES1,
 };
 use shared::{cap_likely, cap_unlikely};
 
@@ -60,7 +61,9 @@ fn isb() {
 }
 
 /// HCR_EL2 while a guest runs: VM, SWIO, PTW, FMO, IMO, AMO, FB, BSU = inner shareable,
-/// TWI, TWE, TSC, TIDCP, TACR, TSW, RW (AArch64 EL1).
+/// TWI, TWE, TID3 (the VMM answers ID-register reads from its filtered view, so the
+/// guest is not told about SVE/SME/MTE/... the switch does not carry), TSC, TIDCP, TACR,
+/// TSW, RW (AArch64 EL1).
 pub const HCR_GUEST_FLAGS: u64 = (1 << 0)
     | (1 << 1)
     | (1 << 2)
@@ -71,12 +74,13 @@ pub const HCR_GUEST_FLAGS: u64 = (1 << 0)
     | (1 << 10)
     | (1 << 13)
     | (1 << 14)
+    | (1 << 18)
     | (1 << 19)
     | (1 << 20)
     | (1 << 21)
     | (1 << 22)
     | (1 << 31);
-const _: () = assert!(HCR_GUEST_FLAGS == 0x8078_663f);
+const _: () = assert!(HCR_GUEST_FLAGS == 0x807c_663f);
 /// HCR_EL2.APK | API: pointer-authentication keys and instructions untrapped.
 const HCR_API_APK: u64 = (1 << 40) | (1 << 41);
 /// HCR_EL2.FWB: stage 2 forces the memory type (FEAT_S2FWB).
@@ -227,14 +231,18 @@ pub fn apply_injection(ctx: &mut VcpuContext) {
         sctlr_el1: ctx.sys.sctlr_el1,
     };
     let kind = ctx.inject.kind;
-    let a = inject_sea(
-        kind == INJECT_DABT || kind == INJECT_DABT_WRITE,
-        kind == INJECT_DABT_WRITE,
-        ctx.inject.far,
-        site,
-        has_pan,
-        has_ssbs,
-    );
+    let a = if kind == INJECT_UNDEF {
+        inject_undef(site, has_pan, has_ssbs)
+    } else {
+        inject_sea(
+            kind == INJECT_DABT || kind == INJECT_DABT_WRITE,
+            kind == INJECT_DABT_WRITE,
+            ctx.inject.far,
+            site,
+            has_pan,
+            has_ssbs,
+        )
+    };
     ctx.sys.esr_el1 = a.esr_el1;
     ctx.sys.far_el1 = a.far_el1;
     ctx.sys.elr_el1 = a.elr_el1;

@@ -22,7 +22,7 @@ use shared::stage2::{
 use shared::vcpu::{
     self, check_context_ptr, check_map_args, check_pstate, check_unmap_args, split_vm_handle,
     vm_handle, TlbiPath, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT, INJECT_NONE,
-    MAX_VMS, PAGE,
+    INJECT_UNDEF, MAX_VMS, PAGE,
 };
 use shared::{cap_likely, cap_unlikely};
 
@@ -370,7 +370,7 @@ pub fn handle_run(ctxt: &mut HostContext) -> Result<(), HcallError> {
 
 fn run_claimed(handle: u64, ctx: &mut VcpuContext) -> Result<u32, HcallError> {
     match ctx.inject.kind {
-        INJECT_NONE | INJECT_DABT | INJECT_DABT_WRITE | INJECT_IABT => {}
+        INJECT_NONE | INJECT_DABT | INJECT_DABT_WRITE | INJECT_IABT | INJECT_UNDEF => {}
         _ => return Err(HcallError::BadInjection),
     }
     check_pstate(ctx.gpr.pstate)?;

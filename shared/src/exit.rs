@@ -49,6 +49,10 @@ pub mod esr {
     pub const EC_SMC64: u8 = 0x17;
     /// EC: trapped MSR/MRS/system instruction from AArch64.
     pub const EC_SYS64: u8 = 0x18;
+    /// EC: SVE access trapped (`CPTR_EL2.TZ`); reported as [`super::Exit::Unknown`].
+    pub const EC_SVE: u8 = 0x19;
+    /// EC: SME access trapped (`CPTR_EL2.TSM`); reported as [`super::Exit::Unknown`].
+    pub const EC_SME: u8 = 0x1d;
     /// EC: instruction abort from a lower exception level.
     pub const EC_IABT_LOW: u8 = 0x20;
     /// EC: data abort from a lower exception level.

@@ -49,7 +49,7 @@
 //!   PC itself: the host adds [`crate::exit::Exit::pc_advance`] to `gpr.pc` when it
 //!   completes an exit by emulation. **SMC** traps (EC 0x17) with the PC still *at* the
 //!   SMC: the host writes the result registers and adds 4 (or injects an undefined
-//!   instruction, later work). **HVC** returns past itself already.
+//!   instruction with [`INJECT_UNDEF`], the PC left at the SMC). **HVC** returns past itself already.
 //! * **Stopping a guest** from another CPU: while a guest runs, physical IRQs and FIQs
 //!   are routed to EL2 (`HCR_EL2.IMO/FMO`), and any one of them ends the run with
 //!   [`crate::exit::Exit::Irq`] without being acknowledged; the host takes the
@@ -57,8 +57,9 @@
 //!   So the host stops a vCPU by sending that CPU an SGI (or by its own timer) and then
 //!   not calling `VcpuRun` again.
 //! * **Injection**: set [`VcpuContext::inject`] before `VcpuRun`; the hyp delivers a
-//!   synchronous external abort to the guest's EL1 exactly as hardware would
-//!   ([`inject_sea`]), clears the field and runs the guest from its abort vector.
+//!   synchronous external abort ([`inject_sea`]) or an Undefined Instruction exception
+//!   ([`inject_undef`], for the instruction at `gpr.pc`) to the guest's EL1 exactly as
+//!   hardware would, clears the field and runs the guest from its synchronous vector.
 //! * **Timer**: the guest owns the virtual timer (CNTV_*, switched with the context);
 //!   its physical timer and CNTP_* are trapped (system-register exit). The hyp disables
 //!   the guest's virtual timer on exit (its value is saved), so it cannot fire into
@@ -177,16 +178,19 @@ pub const INJECT_IABT: u64 = 2;
 /// Like [`INJECT_DABT`], for a data access that was a write (ESR_EL1.WnR set, as the
 /// hardware reports a faulting store).
 pub const INJECT_DABT_WRITE: u64 = 3;
+/// Inject an Undefined Instruction exception (ESR_EL1.EC = 0, "unknown reason") for
+/// the instruction at the guest's PC ([`inject_undef`]); [`Injection::far`] is ignored.
+pub const INJECT_UNDEF: u64 = 4;
 
 /// An abort the hyp delivers to the guest before it next runs it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Injection {
-    /// [`INJECT_NONE`], [`INJECT_DABT`], [`INJECT_DABT_WRITE`] or [`INJECT_IABT`]; the
-    /// hyp resets it to
-    /// [`INJECT_NONE`] once delivered. Any other value: `BadInjection`, nothing run.
+    /// [`INJECT_NONE`], [`INJECT_DABT`], [`INJECT_DABT_WRITE`], [`INJECT_IABT`] or
+    /// [`INJECT_UNDEF`]; the hyp resets it to [`INJECT_NONE`] once delivered. Any other
+    /// value: `BadInjection`, nothing run.
     pub kind: u64,
-    /// The faulting virtual address the guest sees in FAR_EL1.
+    /// The faulting virtual address the guest sees in FAR_EL1 (aborts only).
     pub far: u64,
 }
 
@@ -575,6 +579,42 @@ pub const fn inject_sea(
         (false, true) => 0x20,
         (false, false) => 0x21,
     };
+    let (pc, new) = exception_entry(site, has_pan, has_ssbs);
+    InjectedAbort {
+        esr_el1: (ec << 26) | (1 << 25) | ((data && write) as u64) << ESR_WNR_SHIFT | FSC_SEA,
+        far_el1: far,
+        elr_el1: site.pc,
+        spsr_el1: pstate,
+        pc,
+        pstate: new,
+    }
+}
+
+/// ESR_EL1 of an Undefined Instruction exception: EC 0 ("unknown reason"), IL = 1 (the
+/// guest is AArch64: every instruction is 32 bits), ISS 0.
+pub const ESR_UNDEF: u64 = 1 << 25;
+
+/// What hardware does when the instruction at `site.pc` is UNDEFINED: ESR_EL1 =
+/// [`ESR_UNDEF`], ELR_EL1 = the instruction (so a handler that emulates it adds 4),
+/// SPSR_EL1 = PSTATE, and the same vector and PSTATE as [`inject_sea`] (the synchronous
+/// vector for the guest's mode: +0x000 from EL1t, +0x200 from EL1h, +0x400 from EL0;
+/// EL1h, DAIF set, PAN/SSBS per SCTLR_EL1). FAR_EL1 is UNKNOWN for this class; the
+/// result gives 0 rather than leaking a stale address.
+pub const fn inject_undef(site: FaultSite, has_pan: bool, has_ssbs: bool) -> InjectedAbort {
+    let (pc, pstate) = exception_entry(site, has_pan, has_ssbs);
+    InjectedAbort {
+        esr_el1: ESR_UNDEF,
+        far_el1: 0,
+        elr_el1: site.pc,
+        spsr_el1: site.pstate,
+        pc,
+        pstate,
+    }
+}
+
+/// The PC and PSTATE of a synchronous exception taken to EL1 from `site`.
+const fn exception_entry(site: FaultSite, has_pan: bool, has_ssbs: bool) -> (u64, u64) {
+    let pstate = site.pstate;
     let vector = match pstate & PSTATE_MODE_MASK {
         PSTATE_EL1T => 0x000,
         PSTATE_EL1H => 0x200,
@@ -589,14 +629,7 @@ pub const fn inject_sea(
     if has_ssbs && site.sctlr_el1 & SCTLR_EL1_DSSBS != 0 {
         new |= PSTATE_SSBS;
     }
-    InjectedAbort {
-        esr_el1: (ec << 26) | (1 << 25) | ((data && write) as u64) << ESR_WNR_SHIFT | FSC_SEA,
-        far_el1: far,
-        elr_el1: site.pc,
-        spsr_el1: pstate,
-        pc: site.vbar_el1.wrapping_add(vector),
-        pstate: new,
-    }
+    (site.vbar_el1.wrapping_add(vector), new)
 }
 
 #[cfg(test)]
@@ -853,5 +886,49 @@ mod tests {
             false,
         );
         assert_eq!(e.pstate & PSTATE_SSBS, 0);
+    }
+
+    #[test]
+    fn undef_reports_ec0_at_the_instruction() {
+        let u = inject_undef(
+            site(
+                0x4008_0010,
+                0x3c5 | PSTATE_PAN,
+                0x4009_0000,
+                SCTLR_EL1_RESET,
+            ),
+            false,
+            false,
+        );
+        assert_eq!(u.esr_el1, 0x0200_0000, "EC 0, IL 1, ISS 0");
+        assert_eq!(u.esr_el1 >> 26, 0);
+        assert_eq!(
+            u.elr_el1, 0x4008_0010,
+            "ELR = the undefined instruction itself"
+        );
+        assert_eq!(u.spsr_el1, 0x3c5 | PSTATE_PAN);
+        assert_eq!(u.pc, 0x4009_0200, "current EL with SP_ELx");
+        assert_eq!(u.pstate, 0x3c5);
+        assert_eq!(u.far_el1, 0);
+    }
+
+    #[test]
+    fn undef_vectors_and_pstate_follow_the_mode() {
+        let el0 = inject_undef(site(0x1000, 0x0, 0x8000, 0), false, false);
+        assert_eq!((el0.pc, el0.pstate, el0.spsr_el1), (0x8400, 0x3c5, 0));
+        let el1t = inject_undef(site(0x1000, 0x4, 0x8000, 0), false, false);
+        assert_eq!(el1t.pc, 0x8000);
+        // The same PAN/SSBS rules as any exception entry.
+        let pan = inject_undef(site(0, 0x3c5, 0, 0), true, false);
+        assert_ne!(pan.pstate & PSTATE_PAN, 0);
+        let span = inject_undef(site(0, 0x3c5, 0, SCTLR_EL1_SPAN), true, false);
+        assert_eq!(span.pstate & PSTATE_PAN, 0);
+        let ssbs = inject_undef(site(0, 0x3c5, 0, SCTLR_EL1_DSSBS), false, true);
+        assert_ne!(ssbs.pstate & PSTATE_SSBS, 0);
+        // Entry state equals an abort's from the same site.
+        let s = site(0x2000, 0x3c4, 0x9000, SCTLR_EL1_DSSBS);
+        let a = inject_sea(true, false, 0, s, true, true);
+        let u = inject_undef(s, true, true);
+        assert_eq!((a.pc, a.pstate, a.elr_el1), (u.pc, u.pstate, u.elr_el1));
     }
 }

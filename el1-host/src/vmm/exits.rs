@@ -5,27 +5,29 @@
 //!
 //! | exit | handling |
 //! | --- | --- |
-//! | HVC #0, SMC #0 | [`shared::guest_abi`] calls first (GUEST_EXIT ends the VM with the status, NULL_HVC returns SUCCESS), then PSCI/SMCCC ([`super::psci`]); an SMC is completed like an HVC and the PC moved past it. Any other immediate: NOT_SUPPORTED |
+//! | HVC #0, SMC #0 | [`shared::guest_abi`] calls first (GUEST_EXIT ends the VM with the status, NULL_HVC returns SUCCESS), then PSCI/SMCCC ([`super::psci`]); an SMC is completed like an HVC and the PC moved past it. Any other immediate: Undefined Instruction injected at the HVC/SMC (SMCCC uses immediate 0 only; this VMM implements no other hypervisor call) |
 //! | MMIO | the [`MmioBus`]; a load's value goes to its register; PC + 4. An access no device accepts gets a synchronous external abort injected at the guest's faulting address (FAR) |
 //! | data / instruction abort | synchronous external abort injected (the hyp builds ESR/FAR/ELR as hardware would) |
 //! | WFI / WFE | PC + 4, then the host waits ([`Step::Wait`]) |
-//! | system register | reads as zero, writes ignored, PC + 4, reported (the first few) |
+//! | system register | [`sysreg_action`]: group-3 ID registers read the filtered view ([`super::idregs`]), writes to them and IMPLEMENTATION DEFINED registers (`TIDCP`) get an Undefined Instruction; ACTLR_EL1, the set/way cache operations and the EL1 physical timer read as zero / ignore writes (reported, the first few); any other trapped encoding gets an Undefined Instruction |
 //! | IRQ | [`Step::HostIrq`]: the host handles its interrupt and checks its deadlines |
-//! | SError, unknown | the VM ends with reason `abort` |
+//! | unknown: EC 0x00, SVE (0x19), SME (0x1D) | Undefined Instruction injected, as the hardware of the CPU the guest is shown (no SVE/SME) would raise |
+//! | SError, any other unknown class | the VM ends with reason `abort` |
 //!
 //! The first end of a VM wins ([`VmModel::end`]); every vCPU then stops.
 
+use super::idregs::{self, GuestIdRegs};
 use super::mmio::{MmioBus, MmioOutcome};
 use super::psci::{Psci, PsciAction};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use shared::exit::{AbortCause, Exit};
+use shared::exit::{esr as esr_fields, AbortCause, Exit, SysRegAccess};
 use shared::guest_abi::{
     self, ExitReason, GuestCall, GuestEnd, STATUS_ABORT, STATUS_ERROR, STATUS_TIMEOUT,
 };
-use shared::vcpu::{Injection, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT};
+use shared::vcpu::{
+    Injection, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT, INJECT_UNDEF,
+};
 
-/// SMCCC NOT_SUPPORTED as a register value.
-const NOT_SUPPORTED: u64 = -1i64 as u64;
 /// How many trapped system-register accesses are reported before going quiet.
 const SYSREG_REPORTS: u32 = 8;
 
@@ -97,6 +99,7 @@ pub struct VmModel {
     reported: AtomicU64,
     end: spin::Once<VmEnd>,
     sysreg_reports: AtomicU32,
+    id_regs: GuestIdRegs,
 }
 
 impl VmModel {
@@ -109,7 +112,21 @@ impl VmModel {
             reported: AtomicU64::new(NO_STATUS),
             end: spin::Once::new(),
             sysreg_reports: AtomicU32::new(0),
+            id_regs: GuestIdRegs::default(),
         }
+    }
+
+    /// The same VM with the guest ID-register view `id_regs` (normally
+    /// [`GuestIdRegs::from_host`] of the host's sanitised registers). Without it the
+    /// guest sees [`GuestIdRegs::baseline`].
+    pub fn with_id_regs(mut self, id_regs: GuestIdRegs) -> Self {
+        self.id_regs = id_regs;
+        self
+    }
+
+    /// The guest's ID-register view.
+    pub fn id_regs(&self) -> &GuestIdRegs {
+        &self.id_regs
     }
 
     /// Ends the VM with `e` unless it has ended already; returns the end that holds.
@@ -204,24 +221,23 @@ impl VmModel {
                 Step::Wait { wfe }
             }
             Exit::SysReg(s) => {
-                if self.sysreg_reports.fetch_add(1, Ordering::Relaxed) < SYSREG_REPORTS {
-                    log::warn!(
-                        "guest {}: vcpu{vcpu}: {} of system register op0={} op1={} CRn={} CRm={} \
-                         op2={} at pc {:#x}: not emulated (reads as zero, writes ignored)",
-                        self.id,
-                        if s.read { "read" } else { "write" },
-                        s.op0,
-                        s.op1,
-                        s.crn,
-                        s.crm,
-                        s.op2,
-                        ctx.gpr.pc
-                    );
+                match sysreg_action(&self.id_regs, &s) {
+                    SysRegAction::Read(v) => {
+                        ctx.set_reg(s.rt, v);
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
+                    SysRegAction::RazWi => {
+                        self.report_sysreg(vcpu, ctx, &s, "reads as zero, writes ignored");
+                        if s.read {
+                            ctx.set_reg(s.rt, 0);
+                        }
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
+                    SysRegAction::Undef => {
+                        self.report_sysreg(vcpu, ctx, &s, "undefined instruction injected");
+                        inject_undef(ctx);
+                    }
                 }
-                if s.read {
-                    ctx.set_reg(s.rt, 0);
-                }
-                ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
                 Step::Resume
             }
             Exit::Irq => Step::HostIrq,
@@ -233,27 +249,76 @@ impl VmModel {
                 );
                 Step::End(self.end(VmEnd::ABORT))
             }
-            Exit::Unknown { esr } => {
-                log::error!(
-                    "guest {}: vcpu{vcpu}: exit the VMM does not handle (esr {esr:#x}, ec {:#x}) \
-                     at pc {:#x}: VM aborted",
-                    self.id,
-                    shared::exit::esr::ec(esr),
-                    ctx.gpr.pc
-                );
-                Step::End(self.end(VmEnd::ABORT))
-            }
+            Exit::Unknown { esr } => match esr_fields::ec(esr) {
+                // What the guest's CPU (as its ID registers describe it) would do with
+                // the instruction: an Undefined Instruction exception. The PC is still
+                // at the instruction for these classes.
+                esr_fields::EC_UNKNOWN | esr_fields::EC_SVE | esr_fields::EC_SME => {
+                    log::info!(
+                        "guest {}: vcpu{vcpu}: {} at pc {:#x}: undefined instruction injected",
+                        self.id,
+                        match esr_fields::ec(esr) {
+                            esr_fields::EC_SVE => "SVE access",
+                            esr_fields::EC_SME => "SME access",
+                            _ => "trap with unknown reason",
+                        },
+                        ctx.gpr.pc
+                    );
+                    inject_undef(ctx);
+                    Step::Resume
+                }
+                // Every other class reaching the host is an impossible state: the hyp
+                // enables no trap that produces it (AArch32 classes: guests run AArch64
+                // only and their ID registers say so; FP, PAuth, debug, ERET traps are
+                // never set for guests), so the hyp and the VMM disagree and continuing
+                // would emulate something unknown.
+                ec => {
+                    log::error!(
+                        "guest {}: vcpu{vcpu}: exit the VMM does not handle (esr {esr:#x}, \
+                         ec {ec:#x}) at pc {:#x}: VM aborted",
+                        self.id,
+                        ctx.gpr.pc
+                    );
+                    Step::End(self.end(VmEnd::ABORT))
+                }
+            },
+        }
+    }
+
+    /// Logs a trapped system-register access (the first [`SYSREG_REPORTS`] only).
+    fn report_sysreg(&self, vcpu: usize, ctx: &VcpuContext, s: &SysRegAccess, what: &str) {
+        if self.sysreg_reports.fetch_add(1, Ordering::Relaxed) < SYSREG_REPORTS {
+            log::warn!(
+                "guest {}: vcpu{vcpu}: {} of system register op0={} op1={} CRn={} CRm={} \
+                 op2={} at pc {:#x}: {what}",
+                self.id,
+                if s.read { "read" } else { "write" },
+                s.op0,
+                s.op1,
+                s.crn,
+                s.crm,
+                s.op2,
+                ctx.gpr.pc
+            );
         }
     }
 
     /// An SMCCC call through HVC or SMC (the PC is already past the instruction).
+    ///
+    /// SMCCC calls use immediate 0 only, and this VMM implements no other hypervisor
+    /// call: any other immediate gets an Undefined Instruction exception reported at the
+    /// HVC/SMC itself (ELR_EL1 = its address), as on a CPU where it does nothing.
     fn call(&self, vcpu: usize, ctx: &mut VcpuContext, imm: u16, how: &str) -> Step {
         if imm != 0 {
             log::info!(
-                "guest {}: vcpu{vcpu}: {how} #{imm:#x} is not an SMCCC call: NOT_SUPPORTED",
+                "guest {}: vcpu{vcpu}: {how} #{imm:#x} is not an SMCCC call: \
+                 undefined instruction injected",
                 self.id
             );
-            ctx.set_reg(0, NOT_SUPPORTED);
+            // Back to the instruction: ELR_EL2 was past the HVC, and the SMC caller
+            // already moved the PC past the SMC.
+            ctx.gpr.pc = ctx.gpr.pc.wrapping_sub(4);
+            inject_undef(ctx);
             return Step::Resume;
         }
         let (x0, x1) = (ctx.reg(0), ctx.reg(1));
@@ -312,6 +377,64 @@ impl VmModel {
             status: guest_abi::final_status(self.reported(), how),
         })
     }
+}
+
+/// What the VMM does with a trapped system-register access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysRegAction {
+    /// Write this value to the transfer register and complete the MRS (PC + 4).
+    Read(u64),
+    /// Complete the access: a read gives zero, a write is ignored (PC + 4).
+    RazWi,
+    /// Inject an Undefined Instruction exception at the access (PC unchanged).
+    Undef,
+}
+
+/// The policy for a trapped MRS/MSR/SYS from the guest:
+///
+/// * group-3 ID registers (`HCR_EL2.TID3`): a read returns the view's value; a write is
+///   UNDEFINED (they are read-only);
+/// * IMPLEMENTATION DEFINED encodings (`HCR_EL2.TIDCP`: op0 = 1 or 3 with CRn = 11 or
+///   15): UNDEFINED — the guest is not told which core it runs on well enough to use them;
+/// * ACTLR_EL1 (`TACR`), the data-cache set/way operations (`TSW`: DC ISW/CSW/CISW) and
+///   the EL1 physical timer CNTP_TVAL/CTL/CVAL_EL0 (`CNTHCTL_EL2.EL1PCEN` clear):
+///   architecturally present, so read as zero and ignore writes (set/way operations are
+///   not needed: guest RAM is coherent normal memory);
+/// * anything else: UNDEFINED (no other trap is enabled for guests; an encoding that
+///   reaches the VMM anyway is one the guest's CPU does not have).
+pub fn sysreg_action(id: &GuestIdRegs, s: &SysRegAccess) -> SysRegAction {
+    let e = s.encoding();
+    if idregs::is_id_space(e) {
+        return match (s.read, id.read(e)) {
+            (true, Some(v)) => SysRegAction::Read(v),
+            _ => SysRegAction::Undef,
+        };
+    }
+    let impdef = (s.op0 == 1 || s.op0 == 3) && (s.crn == 11 || s.crn == 15);
+    let actlr = (s.op0, s.op1, s.crn, s.crm, s.op2) == (3, 0, 1, 0, 1);
+    let set_way = s.op0 == 1
+        && s.op1 == 0
+        && s.crn == 7
+        && matches!(s.crm, 6 | 10 | 14)
+        && s.op2 == 2
+        && !s.read;
+    let el1_ptimer = (s.op0, s.op1, s.crn, s.crm) == (3, 3, 14, 2) && s.op2 <= 2;
+    if impdef {
+        SysRegAction::Undef
+    } else if actlr || set_way || el1_ptimer {
+        SysRegAction::RazWi
+    } else {
+        SysRegAction::Undef
+    }
+}
+
+/// Asks the hyp to deliver an Undefined Instruction exception for the instruction at the
+/// guest's PC before it runs the guest again.
+fn inject_undef(ctx: &mut VcpuContext) {
+    ctx.inject = Injection {
+        kind: INJECT_UNDEF,
+        far: 0,
+    };
 }
 
 /// Asks the hyp to deliver a synchronous external abort at the guest's faulting address
@@ -422,12 +545,20 @@ mod tests {
         assert_eq!(m.handle_exit(0, &mut c, Exit::Smc { imm: 0 }), Step::Resume);
         assert_eq!(c.gpr.x[0], 0x1_0000);
         assert_eq!(c.gpr.pc, PC + 4);
-        // An unknown id and a non-zero immediate are NOT_SUPPORTED.
+        // An unknown id is NOT_SUPPORTED.
         assert_eq!(hvc(&m, 0, &mut c, [0x8600_01ff, 0, 0, 0]), Step::Resume);
         assert_eq!(c.gpr.x[0] as i64, -1);
+        // A non-zero immediate is not SMCCC: UNDEF at the HVC (ELR was past it), x0 kept.
         c.gpr.x[0] = PSCI_VERSION.into();
         assert_eq!(m.handle_exit(0, &mut c, Exit::Hvc { imm: 1 }), Step::Resume);
-        assert_eq!(c.gpr.x[0] as i64, -1);
+        assert_eq!(c.gpr.x[0], u64::from(PSCI_VERSION));
+        assert_eq!((c.inject.kind, c.gpr.pc), (INJECT_UNDEF, PC));
+        // The same for an SMC: the PC stays at the SMC.
+        c.inject.kind = INJECT_NONE;
+        assert_eq!(m.handle_exit(0, &mut c, Exit::Smc { imm: 7 }), Step::Resume);
+        assert_eq!((c.inject.kind, c.gpr.pc), (INJECT_UNDEF, PC));
+        c.inject.kind = INJECT_NONE;
+        c.gpr.pc = PC + 4;
         // CPU_ON starts the target; the caller sees SUCCESS.
         let step = hvc(&m, 0, &mut c, [PSCI_CPU_ON_64.into(), 1, 0x4010_0000, 77]);
         assert_eq!(
@@ -557,5 +688,107 @@ mod tests {
             Step::End(VmEnd::ABORT)
         );
         assert_eq!(m.ended(), Some(VmEnd::ABORT));
+    }
+
+    #[test]
+    fn sve_sme_and_unknown_traps_become_undef() {
+        let (m, _) = vm(1);
+        for ec in [0x00u64, 0x19, 0x1d] {
+            let mut c = ctx();
+            let esr = (ec << 26) | (1 << 25);
+            assert_eq!(
+                m.handle_exit(0, &mut c, Exit::Unknown { esr }),
+                Step::Resume,
+                "ec {ec:#x}"
+            );
+            assert_eq!(c.inject.kind, INJECT_UNDEF, "ec {ec:#x}");
+            assert_eq!(c.gpr.pc, PC, "ELR stays at the instruction");
+        }
+        assert_eq!(m.ended(), None, "the VM carries on");
+        // A class the hyp never produces still ends the VM.
+        let mut c = ctx();
+        assert_eq!(
+            m.handle_exit(0, &mut c, Exit::Unknown { esr: 0x07 << 26 }),
+            Step::End(VmEnd::ABORT)
+        );
+    }
+
+    #[test]
+    fn id_registers_read_the_view_and_refuse_writes() {
+        let host = shared::cpucaps::IdRegs {
+            pfr0: 0x1_0000_1111 | (1 << 32),
+            ..Default::default()
+        };
+        let view = GuestIdRegs::from_host(
+            &host,
+            idregs::HypSupport {
+                ptrauth: false,
+                ipa_bits: 40,
+            },
+        );
+        let m = vm(1).0.with_id_regs(view);
+        assert_eq!(m.id_regs(), &view);
+        let mut c = ctx();
+        c.gpr.x[3] = 0xdead;
+        let pfr0 = SysRegAccess::from_encoding(idregs::enc::PFR0, 3, true);
+        assert_eq!(m.handle_exit(0, &mut c, Exit::SysReg(pfr0)), Step::Resume);
+        assert_eq!(c.gpr.x[3], view.read(idregs::enc::PFR0).unwrap());
+        assert_eq!((c.gpr.x[3] >> 32) & 0xf, 0, "SVE hidden");
+        assert_eq!(c.gpr.pc, PC + 4);
+        assert_eq!(c.inject.kind, INJECT_NONE);
+        // ZCR-less: ZFR0 reads zero; a reserved ID encoding too.
+        for e in [idregs::enc::ZFR0, 0xc03f] {
+            c.gpr.x[4] = 1;
+            let r = SysRegAccess::from_encoding(e, 4, true);
+            m.handle_exit(0, &mut c, Exit::SysReg(r));
+            assert_eq!(c.gpr.x[4], 0, "{e:#x}");
+        }
+        // A write is UNDEF, the PC stays.
+        let pc = c.gpr.pc;
+        let w = SysRegAccess::from_encoding(idregs::enc::PFR0, 3, false);
+        assert_eq!(m.handle_exit(0, &mut c, Exit::SysReg(w)), Step::Resume);
+        assert_eq!((c.inject.kind, c.gpr.pc), (INJECT_UNDEF, pc));
+    }
+
+    #[test]
+    fn sysreg_policy() {
+        let v = GuestIdRegs::default();
+        let acc = |op0, op1, crn, crm, op2, read| SysRegAccess {
+            op0,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt: 0,
+            read,
+        };
+        // ACTLR_EL1, DC CISW, CNTP_CTL/CVAL/TVAL_EL0: present, RAZ/WI.
+        for a in [
+            acc(3, 0, 1, 0, 1, true),
+            acc(3, 0, 1, 0, 1, false),
+            acc(1, 0, 7, 14, 2, false),
+            acc(1, 0, 7, 6, 2, false),
+            acc(3, 3, 14, 2, 1, false),
+            acc(3, 3, 14, 2, 2, true),
+            acc(3, 3, 14, 2, 0, true),
+        ] {
+            assert_eq!(sysreg_action(&v, &a), SysRegAction::RazWi, "{a:?}");
+        }
+        // IMPLEMENTATION DEFINED space (CRn 11/15, op0 1 or 3), unknown encodings,
+        // ID writes: UNDEF.
+        for a in [
+            acc(3, 1, 15, 2, 1, true),
+            acc(3, 0, 11, 0, 0, false),
+            acc(1, 0, 15, 0, 0, false),
+            acc(3, 0, 0, 4, 0, false),
+            acc(3, 0, 9, 12, 0, true),
+            acc(3, 3, 14, 2, 3, true),
+        ] {
+            assert_eq!(sysreg_action(&v, &a), SysRegAction::Undef, "{a:?}");
+        }
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 0, 4, 0, true)),
+            SysRegAction::Read(v.read(idregs::enc::PFR0).unwrap())
+        );
     }
 }

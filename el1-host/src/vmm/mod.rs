@@ -12,6 +12,7 @@
 //! | [`guest_dtb`] | generating the guest's device tree |
 //! | [`launch`] | from a guest bundle to vCPUs, guest RAM layout and device tree |
 //! | [`exits`] | what the VMM does with each guest exit (the run loop's decisions) |
+//! | [`idregs`] | the ID registers a guest is shown: a filtered copy of the host's sanitised ones |
 //!
 //! The guest's physical map mirrors QEMU's `virt` board ([`map`]), so a kernel built for
 //! that board finds its devices where it expects them.
@@ -19,6 +20,7 @@
 pub mod exits;
 pub mod guest_dtb;
 pub mod guest_image;
+pub mod idregs;
 pub mod launch;
 pub mod mmio;
 pub mod pl011;

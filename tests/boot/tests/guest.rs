@@ -183,6 +183,24 @@ fn check_test_guest(cpu: &str, smp: u32) {
         r.what,
         r.transcript()
     );
+    // A consistent CPU: ID_AA64PFR0_EL1 shows no SVE, and an SVE instruction and an
+    // SVE register access are Undefined Instructions the guest survives (on max the
+    // hardware has SVE, so this is the hypervisor's doing).
+    assert_eq!(
+        r.count("guest 0: idregs: ", " ok"),
+        3,
+        "{}: idregs lines\n{}",
+        r.what,
+        r.transcript()
+    );
+    if cpu == "max" {
+        assert!(
+            r.has("SVE=0 (want 0 under the hypervisor) ok"),
+            "{}: no SVE=0 line\n{}",
+            r.what,
+            r.transcript()
+        );
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! 2 MiB-aligned address, it relocates itself (`boot`), installs its vectors
 //! (`exceptions`), reads the DTB (`platform`), and then (`run`) checks, printing one
 //! line each:
-//! the PSCI and SMCCC calls (`psci`, `smp`), injected external aborts (`aborts`), and
+//! the PSCI and SMCCC calls (`psci`, `smp`), injected external aborts (`aborts`), the
+//! CPU view under the hypervisor (`idview`: no SVE advertised, SVE use is UNDEFINED), and
 //! optionally runs the benchmarks (`bench`). It ends with the status protocol of
 //! `docs/guest-status.md` (`shared::guest_abi`): the line `guest-status: <failures>`,
 //! GUEST_EXIT, then PSCI SYSTEM_OFF.
@@ -31,6 +32,8 @@ mod check;
 mod console;
 #[cfg(target_os = "none")]
 mod exceptions;
+#[cfg(target_os = "none")]
+mod idview;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]

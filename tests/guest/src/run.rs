@@ -1,7 +1,9 @@
 //! The boot CPU's test sequence and the end of every run: the status line, GUEST_EXIT
 //! and SYSTEM_OFF (also reached from the panic handler and fatal exceptions).
 
-use crate::{aborts, arch, bench, boot, check, console, exceptions, platform, psci, smccc, smp};
+use crate::{
+    aborts, arch, bench, boot, check, console, exceptions, idview, platform, psci, smccc, smp,
+};
 use core::sync::atomic::{AtomicBool, Ordering};
 use shared::guest_abi::{self, STATUS_PREFIX};
 
@@ -44,6 +46,7 @@ pub extern "C" fn primary_main(dtb: u64) -> ! {
     test_hooks(p.bootargs);
     psci::run();
     aborts::run(ram_end);
+    idview::run();
     smp::run(&p);
     if let Some(n) = guest_abi::bench_iterations(p.bootargs) {
         bench::run(n);
