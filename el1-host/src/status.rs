@@ -35,11 +35,11 @@ impl ExitStatus {
 
 /// Reads the status from one console line, if it is the status line.
 ///
-/// Leading text (such as a carriage return) before the prefix is tolerated; anything but
+/// The line must start with the prefix (leading whitespace such as a carriage return is
+/// tolerated), so a guest line (`guest <vm>: …`) can never be taken for it; anything but
 /// digits after it makes the line not a status line.
 pub fn parse_status_line(line: &str) -> Option<u32> {
-    let at = line.find(STATUS_PREFIX)?;
-    let digits = line[at + STATUS_PREFIX.len()..].trim_end();
+    let digits = line.trim_start().strip_prefix(STATUS_PREFIX)?.trim_end();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -55,6 +55,8 @@ mod tests {
         let line = format!("{STATUS_PREFIX}{}\r", ExitStatus::CpusMissing.code());
         assert_eq!(parse_status_line(&line), Some(3));
         assert_eq!(parse_status_line("host: exit status=0"), Some(0));
+        // Only at the start of a line: a guest's console line cannot carry it.
+        assert_eq!(parse_status_line("guest 0: host: exit status=0"), None);
     }
 
     #[test]

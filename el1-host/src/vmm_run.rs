@@ -290,7 +290,7 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
     let nvcpus = launch.mpidrs.len();
     println!(
         "guest {VM_ID}: kernel {:?} {} bytes at {:#x}, initrd {}, dtb at {:#x}, ram {:#x}..{:#x} \
-         (host pa {:#x}), vcpus={nvcpus}, bootargs \"{}\"",
+         (host pa {:#x}), vcpus={nvcpus}, bootargs {:?}",
         launch.layout.format,
         bundle.kernel.len(),
         launch.layout.entry,
@@ -307,6 +307,8 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
         launch.ram.start,
         launch.ram.end,
         found.ram.start,
+        // Debug-quoted: a command line with a line break or an escape sequence must not
+        // start a console line of its own (one that could read as a status line).
         bundle.append
     );
     let Ok(ram_va) = linear.pa_to_va(found.ram.start) else {

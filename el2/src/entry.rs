@@ -13,7 +13,8 @@
 //!   stub handler in the identity-mapped page (it turns the MMU off), the others return
 //!   HVC_STUB_ERR. Everything else saves x0–x30 into a [`HostContext`] on the hyp stack
 //!   and calls [`handle_host_trap`]; the registers are restored from the context, so a
-//!   handler changes exactly what it writes there.
+//!   handler changes exactly what it writes there. A trap that is not an HVC is refused
+//!   (the instruction skipped, counted), never a hyp panic.
 //!
 //! # The hardened table, `__hyp_host_vector_hardened`
 //!
@@ -45,7 +46,7 @@ use core::arch::global_asm;
 use shared::alternative::{callback_cap_field, CallbackId};
 use shared::cap_likely;
 use shared::cpucaps::Cap;
-use shared::hypercall::stub;
+use shared::hypercall::{stub, SMCCC_NOT_SUPPORTED};
 
 /// The host's x0–x30 as saved on entry (x0 is at index 0).
 #[repr(C)]
@@ -62,6 +63,8 @@ const _: () = assert!(CTXT_SIZE == 256);
 
 /// Exception class of an HVC executed in AArch64 state.
 const EC_HVC64: u64 = 0x16;
+/// Exception class of a trapped SMC executed in AArch64 state.
+const EC_SMC64: u64 = 0x17;
 
 /// Rust side of every lower-EL synchronous exception that is not a stub call.
 extern "C" fn handle_host_trap(ctxt: &mut HostContext) {
@@ -71,12 +74,25 @@ extern "C" fn handle_host_trap(ctxt: &mut HostContext) {
     if cap_likely!(Cap::HasRasExtn) && sysreg::take_deferred_serror() {
         percpu::bump(&cpu.deferred_serrors);
     }
-    match (sysreg::esr_el2() >> 26) & 0x3f {
+    let esr = sysreg::esr_el2();
+    match (esr >> 26) & 0x3f {
         EC_HVC64 => {
             percpu::bump(&cpu.host_calls);
             hypercall::handle_host_hcall(ctxt)
         }
-        _ => crate::hyp_panic(),
+        // Anything else the host can make trap here (an SMC under HCR_EL2.TSC, an SME
+        // or FP/SVE instruction under CPTR_EL2, a trapped system register) is refused:
+        // the instruction is skipped with no effect (an SMC answers NOT_SUPPORTED), so
+        // the host cannot stop the hyp by executing it. Every such class is an
+        // instruction trap (aborts, alignment and debug exceptions of the host go to EL1:
+        // there is no host stage 2 and TDE is 0).
+        ec => {
+            percpu::bump(&cpu.host_traps_refused);
+            if ec == EC_SMC64 {
+                ctxt.regs[0] = SMCCC_NOT_SUPPORTED;
+            }
+            sysreg::skip_host_insn(esr);
+        }
     }
 }
 

@@ -96,6 +96,7 @@ fn handle_vector_stats(ctxt: &mut HostContext) -> Result<(), HcallError> {
     let cpu = percpu::this_cpu();
     ctxt.regs[1] = cpu.hardened_entries.load(Ordering::Relaxed);
     ctxt.regs[2] = cpu.host_calls.load(Ordering::Relaxed);
+    ctxt.regs[3] = cpu.host_traps_refused.load(Ordering::Relaxed);
     Ok(())
 }
 

@@ -18,6 +18,9 @@ pub struct PerCpu {
     pub host_calls: AtomicU64,
     /// Deferred SErrors found in DISR_EL1 (RAS) on entry.
     pub deferred_serrors: AtomicU64,
+    /// Host traps other than HVC (an SMC, an SME instruction under CPTR_EL2.TSM, ...)
+    /// that the hyp refused by skipping the instruction.
+    pub host_traps_refused: AtomicU64,
     /// The host's FP/SIMD registers while this CPU runs a guest (written and read only
     /// by the world-switch assembly on this CPU).
     pub host_fp: UnsafeCell<FpRegs>,
@@ -38,6 +41,7 @@ pub static HYP_PERCPU: PerCpu = PerCpu {
     hardened_entries: AtomicU64::new(0),
     host_calls: AtomicU64::new(0),
     deferred_serrors: AtomicU64::new(0),
+    host_traps_refused: AtomicU64::new(0),
     host_fp: UnsafeCell::new(FpRegs {
         v: [0; 32],
         fpsr: 0,

@@ -28,11 +28,8 @@ use crate::switch_asm::{self, vector};
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use shared::cpucaps::Cap;
-use shared::exit::{decode_trap, Exit, TrapVector};
-use shared::vcpu::{
-    inject_sea, inject_undef, FaultSite, GuestSysRegs, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE,
-    INJECT_UNDEF, MPIDR_RES1,
-};
+use shared::exit::{decode_trap, exit_fault_regs, Exit, TrapVector};
+use shared::vcpu::{GuestEntry, GuestSysRegs, InjectedAbort, VcpuContext, MPIDR_RES1};
 use shared::{cap_likely, cap_unlikely};
 
 /// Reads a system register by name.
@@ -220,29 +217,10 @@ struct HostEl2 {
     sp_el1: u64,
 }
 
-/// Delivers a pending injection into `ctx` (already validated by the caller).
-pub fn apply_injection(ctx: &mut VcpuContext) {
-    let has_pan = cap_likely!(Cap::HasPan);
-    let has_ssbs = cap_likely!(Cap::Ssbs);
-    let site = FaultSite {
-        pc: ctx.gpr.pc,
-        pstate: ctx.gpr.pstate,
-        vbar_el1: ctx.sys.vbar_el1,
-        sctlr_el1: ctx.sys.sctlr_el1,
-    };
-    let kind = ctx.inject.kind;
-    let a = if kind == INJECT_UNDEF {
-        inject_undef(site, has_pan, has_ssbs)
-    } else {
-        inject_sea(
-            kind == INJECT_DABT || kind == INJECT_DABT_WRITE,
-            kind == INJECT_DABT_WRITE,
-            ctx.inject.far,
-            site,
-            has_pan,
-            has_ssbs,
-        )
-    };
+/// Writes an injection computed by `shared::vcpu::prepare_entry` into the guest's EL1
+/// registers in `ctx` and clears the request. PC and PSTATE go to the hardware from the
+/// checked `GuestEntry`, not from here.
+pub fn record_injection(ctx: &mut VcpuContext, a: &InjectedAbort) {
     ctx.sys.esr_el1 = a.esr_el1;
     ctx.sys.far_el1 = a.far_el1;
     ctx.sys.elr_el1 = a.elr_el1;
@@ -254,9 +232,10 @@ pub fn apply_injection(ctx: &mut VcpuContext) {
 }
 
 /// Runs the guest of `ctx` with stage 2 `vttbr`/`vtcr` until it exits; writes the exit
-/// into `ctx.exit` and returns it. The caller validated the context (address, PSTATE,
-/// injection) and holds it exclusively.
-pub fn run(ctx: &mut VcpuContext, vttbr: u64, vtcr: u64) -> Exit {
+/// into `ctx.exit` and returns it. The caller validated the context's address and holds
+/// it; `entry` is the checked PC/PSTATE (from one snapshot): ELR_EL2/SPSR_EL2 come from
+/// it, never from the host-writable context.
+pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> Exit {
     let pauth = cap_likely!(Cap::HasAddressAuth);
     let host = HostEl2 {
         hcr: rd!("hcr_el2"),
@@ -314,8 +293,8 @@ pub fn run(ctx: &mut VcpuContext, vttbr: u64, vtcr: u64) -> Exit {
     }
     load_sctlr_tcr(&ctx.sys);
     wr!("vmpidr_el2", ctx.vmpidr | MPIDR_RES1);
-    wr!("elr_el2", ctx.gpr.pc);
-    wr!("spsr_el2", ctx.gpr.pstate);
+    wr!("elr_el2", entry.pc);
+    wr!("spsr_el2", entry.pstate);
     let guest_vectors: u64;
     // SAFETY: PC-relative address of the guest vector table (a hyp VA).
     unsafe {
@@ -391,6 +370,8 @@ pub fn run(ctx: &mut VcpuContext, vttbr: u64, vtcr: u64) -> Exit {
     };
     let irq = matches!(trap, TrapVector::Irq | TrapVector::Fiq);
     ctx.exit.esr = if irq { 0 } else { esr };
+    // Only an abort's FAR/HPFAR mean anything; otherwise they are stale, never passed on.
+    let (far, hpfar) = exit_fault_regs(trap, esr, far, hpfar);
     ctx.exit.far = far;
     ctx.exit.hpfar = hpfar;
     exit

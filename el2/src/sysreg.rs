@@ -18,6 +18,24 @@ pub fn esr_el2() -> u64 {
     v
 }
 
+/// Steps the host past the instruction that trapped (ELR_EL2 += 4, or 2 for a 16-bit
+/// T32 instruction: ESR_EL2.IL = 0), so the host resumes after it.
+pub fn skip_host_insn(esr: u64) {
+    let len: u64 = if esr & (1 << 25) != 0 { 4 } else { 2 };
+    // SAFETY: ELR_EL2 holds the host's return address while the hyp handles its trap;
+    // the host resumes at the next instruction, nothing else reads it meanwhile.
+    unsafe {
+        asm!(
+            "mrs {t}, elr_el2",
+            "add {t}, {t}, {len}",
+            "msr elr_el2, {t}",
+            t = out(reg) _,
+            len = in(reg) len,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+
 /// MDCR_EL2: the hyp's debug/PMU trap configuration.
 pub fn mdcr_el2() -> u64 {
     let v: u64;

@@ -20,9 +20,8 @@ use shared::stage2::{
     Stage2Geometry, TableMemory, VmidBits,
 };
 use shared::vcpu::{
-    self, check_context_ptr, check_map_args, check_pstate, check_unmap_args, split_vm_handle,
-    vm_handle, TlbiPath, VcpuContext, INJECT_DABT, INJECT_DABT_WRITE, INJECT_IABT, INJECT_NONE,
-    INJECT_UNDEF, MAX_VMS, PAGE,
+    self, check_context_ptr, check_map_args, check_unmap_args, prepare_entry, split_vm_handle,
+    vm_handle, EntrySnapshot, TlbiPath, VcpuContext, MAX_VMS, PAGE,
 };
 use shared::{cap_likely, cap_unlikely};
 
@@ -116,6 +115,21 @@ impl TableMemory for Pool {
     fn free_pages(&self) -> u64 {
         self.pages - self.used
     }
+}
+
+/// Whether PAs `[pa, pa + bytes)` overlap the pool's pages.
+fn overlaps_pool(pool: &Pool, pa: u64, bytes: u64) -> bool {
+    let pool_end = pool.pa + pool.pages * PAGE;
+    pa < pool_end && pa.saturating_add(bytes) > pool.pa
+}
+
+/// The exit writes guest-chosen registers into the context: it must not lie in the VM's
+/// own stage-2 tables (a guest could forge descriptors there).
+fn check_context_not_pool(vm: &VmState, ctx_pa: u64) -> Result<(), HcallError> {
+    if overlaps_pool(&vm.pool, ctx_pa, vcpu::VCPU_CONTEXT_SIZE as u64) {
+        return Err(HcallError::HypMemory);
+    }
+    Ok(())
 }
 
 /// One VM (hyp-owned).
@@ -275,8 +289,7 @@ pub fn handle_map(ctxt: &mut HostContext) -> Result<(), HcallError> {
         check_map_args(ipa, va, bytes, vm.geometry.ipa_bits)?;
         let (_, pa) = host_range(va, bytes)?;
         // The VM's own tables must not become guest memory.
-        let pool_end = vm.pool.pa + vm.pool.pages * PAGE;
-        if pa < pool_end && pa + bytes > vm.pool.pa {
+        if overlaps_pool(&vm.pool, pa, bytes) {
             return Err(HcallError::HypMemory);
         }
         let fwb = cap_unlikely!(Cap::HasStage2Fwb);
@@ -349,7 +362,9 @@ pub fn handle_destroy(ctxt: &mut HostContext) -> Result<(), HcallError> {
 pub fn handle_run(ctxt: &mut HostContext) -> Result<(), HcallError> {
     let (handle, va) = (ctxt.regs[1], ctxt.regs[2]);
     check_context_ptr(va)?;
-    let (hva, _) = host_range(va, vcpu::VCPU_CONTEXT_SIZE as u64)?;
+    let (hva, ctx_pa) = host_range(va, vcpu::VCPU_CONTEXT_SIZE as u64)?;
+    // Before the claim writes the context's `running` word: never into the VM's tables.
+    with_vm(handle, |_, vm| check_context_not_pool(vm, ctx_pa))?;
     // SAFETY: the context is 16-byte aligned, mapped writable at `hva` for its whole
     // size (checked page by page), and not hyp memory. `running` is a u64 inside it.
     let running = unsafe { &*((hva + vcpu::offset::RUNNING as u64) as *const AtomicU64) };
@@ -361,29 +376,48 @@ pub fn handle_run(ctxt: &mut HostContext) -> Result<(), HcallError> {
     // may still write it (nVHE trusts the host with its own memory); the hyp reads only
     // plain integers from it and validates what it uses.
     let ctx = unsafe { &mut *(hva as *mut VcpuContext) };
-    let r = run_claimed(handle, ctx);
+    let r = run_claimed(handle, ctx, ctx_pa);
     switch::release(running);
     let kind = r?;
     ctxt.regs[1] = u64::from(kind);
     Ok(())
 }
 
-fn run_claimed(handle: u64, ctx: &mut VcpuContext) -> Result<u32, HcallError> {
-    match ctx.inject.kind {
-        INJECT_NONE | INJECT_DABT | INJECT_DABT_WRITE | INJECT_IABT | INJECT_UNDEF => {}
-        _ => return Err(HcallError::BadInjection),
-    }
-    check_pstate(ctx.gpr.pstate)?;
+fn run_claimed(handle: u64, ctx: &mut VcpuContext, ctx_pa: u64) -> Result<u32, HcallError> {
+    // One copy of what decides the entry; checked and used from here on (another host
+    // CPU may rewrite the context meanwhile: a PSTATE re-read after the check could name
+    // EL2).
+    let snapshot = snapshot_entry(ctx);
+    let entry = prepare_entry(snapshot, cap_likely!(Cap::HasPan), cap_likely!(Cap::Ssbs))?;
     let (vttbr, vtcr) = with_vm(handle, |slot, vm| {
+        // Again under the lock where the run is counted (the handle may name a new VM
+        // by now).
+        check_context_not_pool(vm, ctx_pa)?;
         slot.running.fetch_add(1, Ordering::AcqRel);
         Ok((vm.vttbr, vm.vtcr))
     })?;
-    if ctx.inject.kind != INJECT_NONE {
-        switch::apply_injection(ctx);
+    if let Some(a) = entry.injected {
+        switch::record_injection(ctx, &a);
     }
-    let exit = switch::run(ctx, vttbr, vtcr);
+    let exit = switch::run(ctx, &entry, vttbr, vtcr);
     if let Some((i, _)) = split_vm_handle(handle) {
         VMS[i].running.fetch_sub(1, Ordering::AcqRel);
     }
     Ok(exit.encode().kind)
+}
+
+/// Reads the entry fields of a context in host memory, each exactly once.
+fn snapshot_entry(ctx: &VcpuContext) -> EntrySnapshot {
+    // SAFETY: each pointer is to a u64 field of the mapped, aligned context; the host may
+    // write them concurrently, so each is read once, volatile, into hyp memory.
+    unsafe {
+        EntrySnapshot {
+            pc: core::ptr::read_volatile(&ctx.gpr.pc),
+            pstate: core::ptr::read_volatile(&ctx.gpr.pstate),
+            inject_kind: core::ptr::read_volatile(&ctx.inject.kind),
+            inject_far: core::ptr::read_volatile(&ctx.inject.far),
+            vbar_el1: core::ptr::read_volatile(&ctx.sys.vbar_el1),
+            sctlr_el1: core::ptr::read_volatile(&ctx.sys.sctlr_el1),
+        }
+    }
 }

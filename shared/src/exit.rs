@@ -398,6 +398,17 @@ pub enum TrapVector {
     SError,
 }
 
+/// FAR_EL2 and HPFAR_EL2 as the host may see them after an exit: the values read for a
+/// synchronous instruction or data abort from the guest, `(0, 0)` for every other exit
+/// (their contents are UNKNOWN there: stale from an earlier fault, perhaps another VM's).
+pub const fn exit_fault_regs(vector: TrapVector, esr: u64, far: u64, hpfar: u64) -> (u64, u64) {
+    let ec = ((esr >> esr::EC_SHIFT) & esr::EC_MASK) as u8;
+    match vector {
+        TrapVector::Synchronous if ec == esr::EC_IABT_LOW || ec == esr::EC_DABT_LOW => (far, hpfar),
+        _ => (0, 0),
+    }
+}
+
 /// Decodes any exit: the vector taken plus the syndrome registers read right after it.
 /// IRQ and FIQ both become [`Exit::Irq`]; the syndrome is only read for synchronous
 /// exceptions and SErrors.
@@ -776,6 +787,29 @@ impl ExitRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_registers_only_survive_aborts() {
+        let dabt = (u64::from(esr::EC_DABT_LOW) << esr::EC_SHIFT) | esr::IL;
+        let iabt = (u64::from(esr::EC_IABT_LOW) << esr::EC_SHIFT) | esr::IL;
+        let hvc = (u64::from(esr::EC_HVC64) << esr::EC_SHIFT) | esr::IL;
+        let (far, hpfar) = (0xdead_b000, 0x90_0000);
+        assert_eq!(
+            exit_fault_regs(TrapVector::Synchronous, dabt, far, hpfar),
+            (far, hpfar)
+        );
+        assert_eq!(
+            exit_fault_regs(TrapVector::Synchronous, iabt, far, hpfar),
+            (far, hpfar)
+        );
+        assert_eq!(
+            exit_fault_regs(TrapVector::Synchronous, hvc, far, hpfar),
+            (0, 0)
+        );
+        for v in [TrapVector::Irq, TrapVector::Fiq, TrapVector::SError] {
+            assert_eq!(exit_fault_regs(v, dabt, far, hpfar), (0, 0), "{v:?}");
+        }
+    }
     use proptest::prelude::*;
 
     /// Builds a lower-EL data-abort syndrome from its fields, independently of the

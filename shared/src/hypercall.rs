@@ -112,7 +112,9 @@ define_hcalls! {
     PatchedConstants = 7 => "patched_constants",
     /// Selftest: `x1` = host calls that entered this CPU through the hardened
     /// (Spectre-v3a) vector table, `x2` = host calls this CPU handled in total (this
-    /// one included).
+    /// one included), `x3` = host traps that were not calls (an SMC, an SME instruction
+    /// trapped by CPTR_EL2, ...) which the hyp refused by skipping the instruction
+    /// (such traps enter through the hardened table too).
     VectorStats = 8 => "vector_stats",
     /// Selftest: `x1` = a host linear-map VA of RAM, 8-byte aligned; reply `x1` = the
     /// 64-bit word there, read through the hyp's mapping. Refused if misaligned or not a
@@ -129,7 +131,8 @@ define_hcalls! {
     VmMap = 11 => "vm_map",
     /// Runs a vCPU until its next exit: `x1` = handle, `x2` = linear VA of the
     /// `shared::vcpu::VcpuContext`. Reply `x1` = exit kind (`shared::exit::KIND_*`), the
-    /// record and raw syndrome in the context.
+    /// record and raw syndrome in the context. A context inside the VM's own stage-2
+    /// pool is refused (`HypMemory`) before anything is written.
     VcpuRun = 12 => "vcpu_run",
     /// Destroys a VM: `x1` = handle. Its VMID's TLB entries are invalidated and its
     /// pool is the host's again. Refused (`Busy`) while one of its vCPUs runs.
@@ -206,7 +209,7 @@ pub enum HcallError {
     OutOfRange = 2,
     /// The address is in range but the hyp's stage 1 does not map it.
     NotMapped = 3,
-    /// The memory is the hyp's own (its carve-out).
+    /// The memory is the hyp's own (its carve-out), or the VM's stage-2 table pool.
     HypMemory = 4,
     /// The IPA range overlaps an existing mapping of the VM.
     Overlap = 5,

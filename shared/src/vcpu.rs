@@ -42,7 +42,13 @@
 //!   the CPUs have FEAT_TLBIRANGE (`HAS_TLB_RANGE`), else one `TLBI IPAS2E1IS` per page
 //!   ([`TlbiPath`]) — then `DSB ISH`, `TLBI VMALLE1IS` (combined stage-1+2 entries may
 //!   hold the old translation), `DSB ISH`, `ISB`.
-//! * **`VcpuRun`** loads the context, runs the guest until the first exit the hyp does
+//! * **`VcpuRun`** copies PC, PSTATE, the injection request, VBAR_EL1 and SCTLR_EL1
+//!   out of the context once ([`EntrySnapshot`]), checks that copy and enters the guest
+//!   from it ([`prepare_entry`]): another host CPU rewriting the context meanwhile
+//!   cannot make the hyp enter anything but AArch64 EL0/EL1. The context must not lie
+//!   in the VM's own pool (`HypMemory`). FAR/HPFAR in [`LastExit`] are those of an
+//!   abort exit and 0 for every other exit. Then it
+//!   loads the context, runs the guest until the first exit the hyp does
 //!   not absorb, saves the context and returns. Exits: HVC, SMC, WFI/WFE, trapped system
 //!   registers, MMIO (stage-2 fault with a valid syndrome outside guest RAM), aborts
 //!   (no syndrome, outside the IPA space), IRQ/FIQ, SError. The hyp never advances the
@@ -204,9 +210,10 @@ pub struct LastExit {
     pub vector: u64,
     /// ESR_EL2 as read at the exit (0 for IRQ/FIQ).
     pub esr: u64,
-    /// FAR_EL2 as read at the exit.
+    /// FAR_EL2 as read at an instruction/data-abort exit; 0 for any other exit
+    /// (`shared::exit::exit_fault_regs`).
     pub far: u64,
-    /// HPFAR_EL2 as read at the exit.
+    /// HPFAR_EL2 as read at an instruction/data-abort exit; 0 for any other exit.
     pub hpfar: u64,
 }
 
@@ -632,6 +639,86 @@ const fn exception_entry(site: FaultSite, has_pan: bool, has_ssbs: bool) -> (u64
     (site.vbar_el1.wrapping_add(vector), new)
 }
 
+/// The host-writable fields of a [`VcpuContext`] that decide how the guest is entered,
+/// copied out of host memory **once** by the hyp before it checks them. The context
+/// lives in host RAM and another host CPU may rewrite it at any time, so the hyp checks
+/// and then uses this copy, never the context again (a PSTATE re-read after its check
+/// could name EL2 and make the ERET land in the hyp with a host-chosen PC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntrySnapshot {
+    /// `gpr.pc`.
+    pub pc: u64,
+    /// `gpr.pstate`.
+    pub pstate: u64,
+    /// `inject.kind`.
+    pub inject_kind: u64,
+    /// `inject.far`.
+    pub inject_far: u64,
+    /// `sys.vbar_el1`.
+    pub vbar_el1: u64,
+    /// `sys.sctlr_el1`.
+    pub sctlr_el1: u64,
+}
+
+/// How the guest is entered: ELR_EL2/SPSR_EL2, and the injected exception's EL1
+/// registers if one was pending. `pstate` always passes [`check_pstate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestEntry {
+    /// The PC the guest starts at (ELR_EL2).
+    pub pc: u64,
+    /// The PSTATE it starts with (SPSR_EL2): AArch64 EL0t, EL1t or EL1h.
+    pub pstate: u64,
+    /// The injection delivered on the way in, if any.
+    pub injected: Option<InjectedAbort>,
+}
+
+/// Checks one snapshot of the context (injection kind, then PSTATE) and computes the
+/// entry from the same values: nothing the host changes afterwards can reach ELR/SPSR.
+pub const fn prepare_entry(
+    s: EntrySnapshot,
+    has_pan: bool,
+    has_ssbs: bool,
+) -> Result<GuestEntry, HcallError> {
+    match s.inject_kind {
+        INJECT_NONE | INJECT_DABT | INJECT_DABT_WRITE | INJECT_IABT | INJECT_UNDEF => {}
+        _ => return Err(HcallError::BadInjection),
+    }
+    if let Err(e) = check_pstate(s.pstate) {
+        return Err(e);
+    }
+    if s.inject_kind == INJECT_NONE {
+        return Ok(GuestEntry {
+            pc: s.pc,
+            pstate: s.pstate,
+            injected: None,
+        });
+    }
+    let site = FaultSite {
+        pc: s.pc,
+        pstate: s.pstate,
+        vbar_el1: s.vbar_el1,
+        sctlr_el1: s.sctlr_el1,
+    };
+    let a = if s.inject_kind == INJECT_UNDEF {
+        inject_undef(site, has_pan, has_ssbs)
+    } else {
+        let data = s.inject_kind != INJECT_IABT;
+        inject_sea(
+            data,
+            s.inject_kind == INJECT_DABT_WRITE,
+            s.inject_far,
+            site,
+            has_pan,
+            has_ssbs,
+        )
+    };
+    Ok(GuestEntry {
+        pc: a.pc,
+        pstate: a.pstate,
+        injected: Some(a),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,6 +730,81 @@ mod tests {
             pstate,
             vbar_el1,
             sctlr_el1,
+        }
+    }
+
+    fn snap(pstate: u64, kind: u64) -> EntrySnapshot {
+        EntrySnapshot {
+            pc: 0x4000_0010,
+            pstate,
+            inject_kind: kind,
+            inject_far: 0x1234,
+            vbar_el1: 0x4000_0800,
+            sctlr_el1: SCTLR_EL1_RESET,
+        }
+    }
+
+    #[test]
+    fn entry_refuses_el2_and_bad_injections_from_one_snapshot() {
+        // EL2t/EL2h, AArch32, IL: refused whether or not an injection is pending.
+        for bad in [0x8, 0x9, 0x3c9, 0x10, 0x3c5 | PSTATE_IL] {
+            for kind in [INJECT_NONE, INJECT_DABT, INJECT_UNDEF] {
+                assert_eq!(
+                    prepare_entry(snap(bad, kind), true, true),
+                    Err(HcallError::BadPstate),
+                    "{bad:#x} kind {kind}"
+                );
+            }
+        }
+        assert_eq!(
+            prepare_entry(snap(0x3c5, 5), true, true),
+            Err(HcallError::BadInjection)
+        );
+        let plain = prepare_entry(snap(0x3c4, INJECT_NONE), false, false);
+        assert_eq!(
+            plain,
+            Ok(GuestEntry {
+                pc: 0x4000_0010,
+                pstate: 0x3c4,
+                injected: None
+            })
+        );
+    }
+
+    #[test]
+    fn entry_with_injection_matches_the_injection_helpers() {
+        let s = snap(0x3c5, INJECT_DABT_WRITE);
+        let e = prepare_entry(s, true, false).unwrap();
+        let site = FaultSite {
+            pc: s.pc,
+            pstate: s.pstate,
+            vbar_el1: s.vbar_el1,
+            sctlr_el1: s.sctlr_el1,
+        };
+        let want = inject_sea(true, true, 0x1234, site, true, false);
+        assert_eq!(e.injected, Some(want));
+        assert_eq!((e.pc, e.pstate), (want.pc, want.pstate));
+        let i = prepare_entry(snap(0, INJECT_IABT), true, true).unwrap();
+        assert_eq!(i.injected.map(|a| a.esr_el1 >> 26), Some(0x20));
+        let u = prepare_entry(snap(0x3c5, INJECT_UNDEF), true, true).unwrap();
+        assert_eq!(u.injected.map(|a| a.esr_el1), Some(ESR_UNDEF));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn entry_pstate_is_always_a_guest_state(
+            pstate in proptest::prelude::any::<u64>(),
+            kind in 0u64..8,
+            sctlr in proptest::prelude::any::<u64>(),
+            pan in proptest::prelude::any::<bool>(),
+            ssbs in proptest::prelude::any::<bool>(),
+        ) {
+            let mut s = snap(pstate, kind);
+            s.sctlr_el1 = sctlr;
+            if let Ok(e) = prepare_entry(s, pan, ssbs) {
+                proptest::prop_assert_eq!(check_pstate(e.pstate), Ok(()));
+                proptest::prop_assert_eq!(check_pstate(pstate), Ok(()));
+            }
         }
     }
 

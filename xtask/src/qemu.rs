@@ -345,7 +345,15 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
                         guest = Some(g);
                     }
                 }
-                lines.push(line);
+                // A guest flooding its console for the whole time limit must not make
+                // xtask's memory grow without bound: keep the first lines only.
+                if lines.len() < MAX_KEPT_LINES {
+                    lines.push(line);
+                } else if lines.len() == MAX_KEPT_LINES {
+                    lines.push(format!(
+                        "xtask: further console lines not kept (limit {MAX_KEPT_LINES})"
+                    ));
+                }
             }
             Ok(Event::Closed) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -397,6 +405,9 @@ pub fn ensure_installed() -> Result<(), QemuError> {
 pub fn image_path(root: &Path) -> PathBuf {
     root.join("target/aarch64-unknown-none/release/el1-host.img")
 }
+
+/// Console lines a [`Report`] keeps (they are all streamed to `on_line` regardless).
+pub const MAX_KEPT_LINES: usize = 200_000;
 
 /// QEMU machines one test process runs at once: CI machines have 2 cores, and TCG keeps
 /// one busy per vCPU thread that is not idle.

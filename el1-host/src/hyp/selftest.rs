@@ -10,7 +10,9 @@
 //! * `hyp-constants`: kimage_voffset and CTR_EL0 from the hyp's patched immediates equal
 //!   the host's values on every CPU;
 //! * `hyp-abi`: unknown ids, the init id, a closed setup call and malformed addresses
-//!   are refused with the right code, and afterwards the hyp still answers (every CPU);
+//!   are refused with the right code, a host instruction that traps to EL2 without
+//!   being a call (SME under CPTR_EL2.TSM, where the CPU has SME) is skipped instead of
+//!   stopping the hyp, and afterwards the hyp still answers (every CPU);
 //! * `hyp-vectors`: with SPECTRE_V3A every host call on every CPU entered through the
 //!   hardened vectors, without it none did.
 
@@ -45,6 +47,7 @@ pub struct CpuResults {
     vec_x0: AtomicU64,
     hardened: AtomicU64,
     calls: AtomicU64,
+    traps: AtomicU64,
 }
 
 /// What the per-CPU part needs to know (set once before it runs).
@@ -64,6 +67,11 @@ pub struct Expect {
 fn abi_checks(expect: &Expect) -> (u64, String) {
     let mut bad = 0;
     let mut first = String::new();
+    // First, so the calls below show the hyp survived it.
+    if let Some(Err(why)) = sme_trap_check() {
+        first = why;
+        bad += 1;
+    }
     let mut check = |what: &str, x0: u64, args: [u64; 3], want: Result<u64, HcallFailure>| {
         let (r0, r) = hcall(x0, args);
         let got = decode_reply(r0, r[0]);
@@ -142,6 +150,56 @@ fn abi_checks(expect: &Expect) -> (u64, String) {
     (bad, first)
 }
 
+/// Whether this CPU implements SME (ID_AA64PFR1_EL1.SME, bits 27:24).
+fn has_sme() -> bool {
+    let pfr1: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe { core::arch::asm!("mrs {}, id_aa64pfr1_el1", out(reg) pfr1, options(nomem, nostack)) };
+    (pfr1 >> 24) & 0xf != 0
+}
+
+/// A host trap that is not a call: the host executes an SME instruction (`RDSVL`) with
+/// SME and FP enabled at EL1 (CPACR_EL1.SMEN/FPEN) but trapped to EL2 by the host's
+/// CPTR_EL2.TSM. The hyp must refuse it (skip it with no effect: x0 keeps its value)
+/// instead of stopping. `None` without SME: then nothing traps.
+fn sme_trap_check() -> Option<Result<(), String>> {
+    if !has_sme() {
+        return None;
+    }
+    const SENTINEL: u64 = 0x5eed_cafe;
+    let x0: u64;
+    // SAFETY: CPACR_EL1 and DAIF are restored before the block ends; with IRQs masked no
+    // other host code runs with SME/FP enabled. RDSVL only reads the streaming vector
+    // length into x0 (the hyp skips it, so x0 keeps SENTINEL).
+    unsafe {
+        core::arch::asm!(
+            "mrs {daif}, daif",
+            "msr daifset, #3",
+            "mrs {old}, cpacr_el1",
+            "orr {t}, {old}, #0x300000",  // FPEN
+            "orr {t}, {t}, #0x3000000",   // SMEN
+            "msr cpacr_el1, {t}",
+            "isb",
+            ".inst 0x04bf5820",           // rdsvl x0, #1 (FEAT_SME)
+            "msr cpacr_el1, {old}",
+            "isb",
+            "msr daif, {daif}",
+            daif = out(reg) _,
+            old = out(reg) _,
+            t = out(reg) _,
+            inout("x0") SENTINEL => x0,
+            options(nostack)
+        )
+    };
+    Some(if x0 == SENTINEL {
+        Ok(())
+    } else {
+        Err(alloc::format!(
+            "SME instruction trapped by CPTR_EL2.TSM: x0={x0:#x}, want it skipped ({SENTINEL:#x})"
+        ))
+    })
+}
+
 /// Runs this CPU's part of the selftests.
 pub fn run_this_cpu(expect: &Expect, out: &CpuResults) {
     let (x0, r) = hcall(HcallId::EvalCaps.smccc_func(), [0; 3]);
@@ -179,6 +237,7 @@ pub fn run_this_cpu(expect: &Expect, out: &CpuResults) {
     out.vec_x0.store(x0, Ordering::Relaxed);
     out.hardened.store(r[0], Ordering::Relaxed);
     out.calls.store(r[1], Ordering::Relaxed);
+    out.traps.store(r[2], Ordering::Relaxed);
     out.ran.store(true, Ordering::Release);
 }
 
@@ -284,15 +343,21 @@ pub fn evaluate(
             (ld(&r.abi_bad) != 0).then(|| alloc::format!("{} checks failed", ld(&r.abi_bad)))
         })
     };
-    failed += usize::from(!report("hyp-abi", f, n, ""));
+    let sme = if has_sme() {
+        "host-sme-trap=refused"
+    } else {
+        "host-sme-trap=absent"
+    };
+    failed += usize::from(!report("hyp-abi", f, n, sme));
 
     let hardened = caps.has(Cap::SpectreV3a);
     let f = first_bad(&|r| {
-        let (x0, h, c) = (ld(&r.vec_x0), ld(&r.hardened), ld(&r.calls));
-        let good = x0 == 0 && c > 0 && if hardened { h == c } else { h == 0 };
+        // Refused host traps (the SME check) enter through the vectors too.
+        let (x0, h, c, t) = (ld(&r.vec_x0), ld(&r.hardened), ld(&r.calls), ld(&r.traps));
+        let good = x0 == 0 && c > 0 && if hardened { h == c + t } else { h == 0 };
         (!good).then(|| {
             alloc::format!(
-                "x0={x0:#x} hardened entries={h} host calls={c}, SPECTRE_V3A {}",
+                "x0={x0:#x} hardened entries={h} host calls={c} refused traps={t}, SPECTRE_V3A {}",
                 if hardened { "set" } else { "not set" }
             )
         })

@@ -85,6 +85,20 @@ const PER_PAGE_OPS: u64 = 2;
 /// `VmUnmap` attempts while other CPUs' vCPUs keep the VM busy.
 const UNMAP_TRIES: u32 = 100_000;
 
+/// Runs of the PSTATE race (see [`pstate_race`]).
+const RACE_RUNS: u32 = 2000;
+/// The context of the PSTATE race (a leaked `Box`), 0 until set up.
+static RACE_CTX: AtomicU64 = AtomicU64::new(0);
+/// Set when CPU 0 finished its runs: the other CPUs stop rewriting the context.
+static RACE_DONE: AtomicBool = AtomicBool::new(false);
+/// Other CPUs that started rewriting.
+static RACE_FLIPPERS: AtomicU64 = AtomicU64::new(0);
+/// Runs refused with `BadPstate` (the rewrite won the race to the hyp's one read).
+static RACE_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Pages of the VM's stage-2 pool.
+const POOL_PAGES: u64 = 16;
+
 /// Most CPUs whose results are kept.
 const MAX_CPUS: usize = 64;
 
@@ -302,6 +316,57 @@ fn on_cpu(cpu: usize) {
     }
 }
 
+/// The hyp reads the context's PSTATE once: CPU 0 runs a vCPU (`hvc #0` at once) over
+/// and over with PSTATE = EL1h while every other CPU keeps rewriting that PSTATE to EL2h
+/// and back. Each run must either come back as the HVC exit or be refused with
+/// `BadPstate`; a hyp that checked one read and entered with another would ERET to EL2
+/// at the guest's PC and never come back.
+fn pstate_race(cpu: usize) {
+    let Some(s) = SHARED.get() else { return };
+    let ptr = RACE_CTX.load(Ordering::Acquire) as *mut VcpuContext;
+    if ptr.is_null() {
+        return;
+    }
+    if cpu != 0 {
+        RACE_FLIPPERS.fetch_add(1, Ordering::AcqRel);
+        while !RACE_DONE.load(Ordering::Acquire) {
+            for p in [0x3c9u64, 0x3c5] {
+                // SAFETY: the leaked context lives for good; a racing plain store is the
+                // point of the test (the host may always rewrite its memory).
+                unsafe { core::ptr::addr_of_mut!((*ptr).gpr.pstate).write_volatile(p) };
+            }
+        }
+        return;
+    }
+    // Give the others a moment to start (there may be none).
+    for _ in 0..1_000_000 {
+        if RACE_FLIPPERS.load(Ordering::Acquire) != 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    for i in 0..RACE_RUNS {
+        // SAFETY: as above; only this CPU runs the context.
+        let ctx = unsafe { &mut *ptr };
+        ctx.gpr.pc = GUEST_BASE + 4;
+        ctx.gpr.pstate = 0x3c5;
+        match s.vm.run_vcpu(ctx) {
+            Ok(Exit::Hvc { imm: 0 }) => {}
+            Err(VmError::Hyp(_, HcallFailure::InvalidParameter(Ok(HcallError::BadPstate)))) => {
+                RACE_REFUSED.fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                note(
+                    s,
+                    format!("PSTATE race, run {i}: {other:?}, want the HVC exit or BadPstate"),
+                );
+                break;
+            }
+        }
+    }
+    RACE_DONE.store(true, Ordering::Release);
+}
+
 fn expect_refusal(what: &str, got: Result<(), VmError>, want: HcallError) -> Result<(), String> {
     match got {
         Err(VmError::Hyp(_, HcallFailure::InvalidParameter(Ok(e)))) if e == want => Ok(()),
@@ -410,6 +475,24 @@ fn refusals(vm: &Vm, page_pa: u64, carve_pa: u64) -> Result<(), String> {
         vm.run_vcpu(&mut ctx).map(|_| ()),
         HcallError::BadInjection,
     )?;
+    context_in_pool(vm)
+}
+
+/// A vCPU context inside the VM's own stage-2 pool (its last page, still unused and
+/// zero) must be refused before the hyp writes anything there: the guest's registers
+/// would land in its own tables.
+fn context_in_pool(vm: &Vm) -> Result<(), String> {
+    let d = vm.descriptor();
+    let ctx_pa = d.root_pa + (POOL_PAGES - 1) * 0x1000;
+    let va = linear_va_of_pa(ctx_pa).map_err(|e| format!("{e}"))?;
+    let (x0, r) = super::install::hcall(HcallId::VcpuRun.smccc_func(), [d.handle, va, 0]);
+    let got = shared::hypercall::decode_reply(x0, r[0]);
+    let want = Err(HcallFailure::InvalidParameter(Ok(HcallError::HypMemory)));
+    if got != want {
+        return Err(format!(
+            "VcpuRun with the context in the VM's pool (pa {ctx_pa:#x}): got {got:?}, want {want:?}"
+        ));
+    }
     Ok(())
 }
 
@@ -427,7 +510,7 @@ pub fn run(on_each_cpu: fn(fn(usize)), carve_pa: u64) -> bool {
 }
 
 fn run_inner(on_each_cpu: fn(fn(usize)), carve_pa: u64) -> Result<(usize, TlbiPath), String> {
-    let vm = Vm::create(16, None).map_err(|e| format!("create: {e}"))?;
+    let vm = Vm::create(POOL_PAGES, None).map_err(|e| format!("create: {e}"))?;
     // One page of guest code, cleaned to PoC: the guest fetches with its MMU off.
     let layout = Layout::from_size_align(4096, 4096).map_err(|e| format!("{e}"))?;
     // SAFETY: non-zero size; the page is leaked (guest RAM for the VM's lifetime).
@@ -483,6 +566,12 @@ fn run_inner(on_each_cpu: fn(fn(usize)), carve_pa: u64) -> Result<(usize, TlbiPa
         return Err(format!(
             "CPUs disagree on the unmap path: {first} and {other}"
         ));
+    }
+    let race = Box::leak(Box::new(VcpuContext::new(GUEST_BASE + 4, 0, 0)));
+    RACE_CTX.store(race as *mut VcpuContext as u64, Ordering::Release);
+    on_each_cpu(pstate_race);
+    if let Some(p) = s.problem.lock().take() {
+        return Err(p);
     }
     // Destroy: the handle goes stale.
     let handle = s.vm.descriptor().handle;

@@ -13,8 +13,11 @@
 //! | IRQ | [`Step::HostIrq`]: the host handles its interrupt and checks its deadlines |
 //! | unknown: EC 0x00, SVE (0x19), SME (0x1D) | Undefined Instruction injected, as the hardware of the CPU the guest is shown (no SVE/SME) would raise |
 //! | SError, any other unknown class | the VM ends with reason `abort` |
+//! | PSCI CPU_OFF of the last vCPU on | the VM ends with reason `abort` (no vCPU could ever start another) |
 //!
-//! The first end of a VM wins ([`VmModel::end`]); every vCPU then stops.
+//! Each injected fault is logged, the first `FAULT_REPORTS` of a VM only, so a guest
+//! faulting in a loop cannot flood the host console. The first end of a VM wins
+//! ([`VmModel::end`]); every vCPU then stops.
 
 use super::idregs::{self, GuestIdRegs};
 use super::mmio::{MmioBus, MmioOutcome};
@@ -30,6 +33,9 @@ use shared::vcpu::{
 
 /// How many trapped system-register accesses are reported before going quiet.
 const SYSREG_REPORTS: u32 = 8;
+/// How many injected faults (aborts, Undefined Instructions) are reported before going
+/// quiet: a guest that faults in a loop must not turn each exit into a host log line.
+const FAULT_REPORTS: u64 = 64;
 
 /// How a VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +105,7 @@ pub struct VmModel {
     reported: AtomicU64,
     end: spin::Once<VmEnd>,
     sysreg_reports: AtomicU32,
+    fault_reports: AtomicU64,
     id_regs: GuestIdRegs,
 }
 
@@ -112,6 +119,7 @@ impl VmModel {
             reported: AtomicU64::new(NO_STATUS),
             end: spin::Once::new(),
             sysreg_reports: AtomicU32::new(0),
+            fault_reports: AtomicU64::new(0),
             id_regs: GuestIdRegs::default(),
         }
     }
@@ -168,10 +176,12 @@ impl VmModel {
                         ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
                     }
                     Err(e) => {
-                        log::info!(
-                            "guest {}: vcpu{vcpu}: {e}: synchronous external abort injected",
-                            self.id
-                        );
+                        if self.report_fault() {
+                            log::info!(
+                                "guest {}: vcpu{vcpu}: {e}: synchronous external abort injected",
+                                self.id
+                            );
+                        }
                         inject(
                             ctx,
                             if access.write {
@@ -185,16 +195,18 @@ impl VmModel {
                 Step::Resume
             }
             Exit::DataAbort { ipa, esr, cause } => {
-                log::info!(
-                    "guest {}: vcpu{vcpu}: data abort at IPA {ipa:#x} ({}, pc {:#x}): \
-                     synchronous external abort injected",
-                    self.id,
-                    match cause {
-                        AbortCause::NoSyndrome => "outside RAM and devices",
-                        c => c.name(),
-                    },
-                    ctx.gpr.pc
-                );
+                if self.report_fault() {
+                    log::info!(
+                        "guest {}: vcpu{vcpu}: data abort at IPA {ipa:#x} ({}, pc {:#x}): \
+                         synchronous external abort injected",
+                        self.id,
+                        match cause {
+                            AbortCause::NoSyndrome => "outside RAM and devices",
+                            c => c.name(),
+                        },
+                        ctx.gpr.pc
+                    );
+                }
                 // Report the direction the hardware reported (ESR.ISS.WnR, bit 6).
                 let write = esr & (1 << 6) != 0;
                 inject(
@@ -208,11 +220,13 @@ impl VmModel {
                 Step::Resume
             }
             Exit::InstructionAbort { ipa, .. } => {
-                log::info!(
-                    "guest {}: vcpu{vcpu}: instruction fetch at IPA {ipa:#x} outside RAM: \
-                     synchronous external abort injected",
-                    self.id
-                );
+                if self.report_fault() {
+                    log::info!(
+                        "guest {}: vcpu{vcpu}: instruction fetch at IPA {ipa:#x} outside RAM: \
+                         synchronous external abort injected",
+                        self.id
+                    );
+                }
                 inject(ctx, INJECT_IABT);
                 Step::Resume
             }
@@ -254,16 +268,18 @@ impl VmModel {
                 // the instruction: an Undefined Instruction exception. The PC is still
                 // at the instruction for these classes.
                 esr_fields::EC_UNKNOWN | esr_fields::EC_SVE | esr_fields::EC_SME => {
-                    log::info!(
-                        "guest {}: vcpu{vcpu}: {} at pc {:#x}: undefined instruction injected",
-                        self.id,
-                        match esr_fields::ec(esr) {
-                            esr_fields::EC_SVE => "SVE access",
-                            esr_fields::EC_SME => "SME access",
-                            _ => "trap with unknown reason",
-                        },
-                        ctx.gpr.pc
-                    );
+                    if self.report_fault() {
+                        log::info!(
+                            "guest {}: vcpu{vcpu}: {} at pc {:#x}: undefined instruction injected",
+                            self.id,
+                            match esr_fields::ec(esr) {
+                                esr_fields::EC_SVE => "SVE access",
+                                esr_fields::EC_SME => "SME access",
+                                _ => "trap with unknown reason",
+                            },
+                            ctx.gpr.pc
+                        );
+                    }
                     inject_undef(ctx);
                     Step::Resume
                 }
@@ -283,6 +299,19 @@ impl VmModel {
                 }
             },
         }
+    }
+
+    /// Whether to log this injected fault: true for the first [`FAULT_REPORTS`]; the
+    /// next one logs that the rest go unreported.
+    fn report_fault(&self) -> bool {
+        let n = self.fault_reports.fetch_add(1, Ordering::Relaxed);
+        if n == FAULT_REPORTS {
+            log::info!(
+                "guest {}: {FAULT_REPORTS} injected faults reported; further ones are not",
+                self.id
+            );
+        }
+        n < FAULT_REPORTS
     }
 
     /// Logs a trapped system-register access (the first [`SYSREG_REPORTS`] only).
@@ -310,11 +339,13 @@ impl VmModel {
     /// HVC/SMC itself (ELR_EL1 = its address), as on a CPU where it does nothing.
     fn call(&self, vcpu: usize, ctx: &mut VcpuContext, imm: u16, how: &str) -> Step {
         if imm != 0 {
-            log::info!(
-                "guest {}: vcpu{vcpu}: {how} #{imm:#x} is not an SMCCC call: \
-                 undefined instruction injected",
-                self.id
-            );
+            if self.report_fault() {
+                log::info!(
+                    "guest {}: vcpu{vcpu}: {how} #{imm:#x} is not an SMCCC call: \
+                     undefined instruction injected",
+                    self.id
+                );
+            }
             // Back to the instruction: ELR_EL2 was past the HVC, and the SMC caller
             // already moved the PC past the SMC.
             ctx.gpr.pc = ctx.gpr.pc.wrapping_sub(4);
@@ -362,6 +393,14 @@ impl VmModel {
                 Step::Wait { wfe: false }
             }
             PsciAction::StopVcpu => Step::Off,
+            PsciAction::AllOff => {
+                log::error!(
+                    "guest {}: vcpu{vcpu}: PSCI CPU_OFF of the last vCPU that was on: \
+                     nothing can run again, VM aborted",
+                    self.id
+                );
+                Step::End(self.end(VmEnd::ABORT))
+            }
             PsciAction::PowerOff => Step::End(self.power_end(GuestEnd::SystemOff)),
             PsciAction::Reset => Step::End(self.power_end(GuestEnd::SystemReset)),
         }
@@ -576,6 +615,13 @@ mod tests {
             hvc(&m, 1, &mut c1, [PSCI_CPU_OFF.into(), 0, 0, 0]),
             Step::Off
         );
+        assert_eq!(m.ended(), None, "vCPU 0 is still on");
+        // The last vCPU on turns off: the VM is over instead of waiting forever.
+        assert_eq!(
+            hvc(&m, 0, &mut c, [PSCI_CPU_OFF.into(), 0, 0, 0]),
+            Step::End(VmEnd::ABORT)
+        );
+        assert_eq!(m.ended(), Some(VmEnd::ABORT));
     }
 
     #[test]
@@ -637,6 +683,46 @@ mod tests {
         c.inject.kind = INJECT_NONE;
         m.handle_exit(0, &mut c, mmio(0x0b00_0010, false, AccessWidth::Word, 1));
         assert_eq!(c.inject.kind, INJECT_DABT);
+    }
+
+    #[test]
+    fn a_faulting_loop_is_reported_a_bounded_number_of_times() {
+        let (m, _) = vm(1);
+        let mut c = ctx();
+        let fault = Exit::DataAbort {
+            ipa: 0x0b00_0000,
+            esr: 0,
+            cause: AbortCause::NoSyndrome,
+        };
+        for _ in 0..3 * FAULT_REPORTS {
+            c.inject.kind = INJECT_NONE;
+            assert_eq!(m.handle_exit(0, &mut c, fault), Step::Resume);
+            assert_eq!(c.inject.kind, INJECT_DABT, "every fault is still injected");
+        }
+        assert!(!m.report_fault(), "quiet after {FAULT_REPORTS} reports");
+        let (fresh, _) = vm(1);
+        let reported = (0..3 * FAULT_REPORTS)
+            .filter(|_| fresh.report_fault())
+            .count();
+        assert_eq!(reported as u64, FAULT_REPORTS);
+    }
+
+    #[test]
+    fn register_31_is_the_zero_register_for_mmio() {
+        let (m, lines) = vm(1);
+        let mut c = ctx();
+        c.gpr.x[30] = 0x41;
+        // A store from register 31 stores zero (XZR), not x30 or anything else.
+        let st = mmio(map::PL011_BASE, true, AccessWidth::Byte, 31);
+        assert_eq!(m.handle_exit(0, &mut c, st), Step::Resume);
+        // A load into register 31 is discarded; no general register changes.
+        let before = c.gpr.x;
+        let ld = mmio(map::PL011_BASE + 0x18, false, AccessWidth::Word, 31);
+        assert_eq!(m.handle_exit(0, &mut c, ld), Step::Resume);
+        assert_eq!(c.gpr.x, before);
+        assert_eq!((c.gpr.pc, c.inject.kind), (PC + 8, INJECT_NONE));
+        m.bus.lock().flush();
+        assert_eq!(lines.lock().unwrap().as_slice(), ["\\x00"]);
     }
 
     #[test]

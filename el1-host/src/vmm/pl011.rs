@@ -177,12 +177,21 @@ impl Pl011 {
     }
 }
 
+/// The text every status line tools read from the console contains: the host's
+/// `host: exit status=<n>` and the VMM's `guest <vm>: exit status=<n> reason=<r>`.
+/// A guest line never contains it verbatim (see [`printable`]).
+pub const STATUS_MARK: &[u8] = b"exit status=";
+
 /// Renders guest bytes for a host log line: printable ASCII as is, anything else as
 /// `\xNN`, so a guest cannot send terminal control sequences through the host console.
+/// The `=` of [`STATUS_MARK`] is written `\x3d`: xtask finds the host's and the VMM's
+/// status lines by that text anywhere in a line, and a guest must not be able to print
+/// a line that reads as either.
 fn printable(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b == b' ' || b.is_ascii_graphic() || b == b'\t' {
+    for (i, &b) in bytes.iter().enumerate() {
+        let forged_mark = b == b'=' && bytes[..i].ends_with(&STATUS_MARK[..STATUS_MARK.len() - 1]);
+        if !forged_mark && (b == b' ' || b.is_ascii_graphic() || b == b'\t') {
             s.push(b as char);
         } else {
             // Writing to a String cannot fail.
@@ -292,6 +301,43 @@ mod tests {
         assert_eq!(lines.lock().unwrap()[1], "xxx");
         put(&mut u, b"\x1b[2Ja\tb\xff\n", AccessWidth::Byte);
         assert_eq!(lines.lock().unwrap()[2], "\\x1b[2Ja\tb\\xff");
+    }
+
+    #[test]
+    fn a_guest_cannot_print_a_status_line() {
+        let (mut u, lines) = uart();
+        let forged = [
+            "exit status=0 reason=guest-exit",
+            "host: exit status=0",
+            "xx host: exit status=0",
+            "exit status=0 reason=system-off\r",
+        ];
+        for f in forged {
+            put(&mut u, f.as_bytes(), AccessWidth::Byte);
+            put(&mut u, b"\n", AccessWidth::Byte);
+        }
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), forged.len());
+        for l in lines.iter() {
+            // What the VMM prints for a guest line, read as xtask reads the console.
+            let console = std::format!("guest 0: {l}");
+            assert_eq!(
+                shared::guest_abi::parse_exit_line(&console),
+                None,
+                "{console}"
+            );
+            assert_eq!(
+                crate::status::parse_status_line(&console),
+                None,
+                "{console}"
+            );
+            assert!(l.contains("exit status\\x3d0"), "{l}");
+        }
+        // Other `=` signs and the words alone print as they are.
+        drop(lines);
+        let (mut u, lines) = uart();
+        put(&mut u, b"a=1 exit status: =2 status=3\n", AccessWidth::Byte);
+        assert_eq!(lines.lock().unwrap()[0], "a=1 exit status: =2 status=3");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | PSCI_VERSION | 1.0 (0x0001_0000) |
 //! | PSCI_FEATURES(fid) | 0 for every function below, NOT_SUPPORTED otherwise |
 //! | CPU_SUSPEND (32/64) | standby only: the vCPU waits for an interrupt, then SUCCESS |
-//! | CPU_OFF | the calling vCPU stops; no return |
+//! | CPU_OFF | the calling vCPU stops; no return. When it was the last vCPU on (none on or pending), [`PsciAction::AllOff`]: nothing can ever run again, so the VMM ends the VM |
 //! | CPU_ON (32/64) | SUCCESS and the target starts at `entry` with x0 = `context`; INVALID_PARAMETERS for an unknown or malformed MPIDR; INVALID_ADDRESS for an entry outside guest RAM or not 4-byte aligned; ALREADY_ON; ON_PENDING |
 //! | AFFINITY_INFO (32/64) | ON 0 / OFF 1 / ON_PENDING 2 at level 0; INVALID_PARAMETERS for other levels or an unknown MPIDR |
 //! | MIGRATE_INFO_TYPE | 2: no trusted OS needs migrating |
@@ -124,6 +124,9 @@ pub enum PsciAction {
     WaitForInterrupt,
     /// CPU_OFF: stop the calling vCPU; it has been marked off.
     StopVcpu,
+    /// CPU_OFF of the last vCPU that was on (no other is on or pending): the caller
+    /// is marked off and no vCPU can ever call CPU_ON again, so the VM is over.
+    AllOff,
     /// SYSTEM_OFF: the VM is finished.
     PowerOff,
     /// SYSTEM_RESET: restart the VM (call [`Psci::reset`]).
@@ -335,15 +338,27 @@ impl Psci {
             return ret(ret::INTERNAL_FAILURE);
         };
         // Only a running vCPU can call; anything else is the VMM's bug, not the guest's.
+        // SeqCst here, in CPU_ON and in the scan below: when the last two vCPUs on call
+        // CPU_OFF at once, the second of them must see the first one off, so that
+        // exactly the last one reports AllOff (never neither).
         match v.state.compare_exchange(
             PowerState::On as u8,
             PowerState::Off as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
         ) {
+            Ok(_) if self.all_off() => PsciAction::AllOff,
             Ok(_) => PsciAction::StopVcpu,
             Err(_) => ret(ret::DENIED),
         }
+    }
+
+    /// No vCPU is on or pending: only a vCPU that is on can start another, so none
+    /// will ever run again.
+    fn all_off(&self) -> bool {
+        self.vcpus
+            .iter()
+            .all(|v| v.state.load(Ordering::SeqCst) == PowerState::Off as u8)
     }
 
     fn cpu_on(&self, target: u64, entry: u64, context: u64) -> PsciAction {
@@ -361,8 +376,8 @@ impl Psci {
         match self.vcpus[vcpu].state.compare_exchange(
             PowerState::Off as u8,
             PowerState::OnPending as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
         ) {
             Ok(_) => PsciAction::StartVcpu {
                 vcpu,
@@ -545,6 +560,7 @@ mod tests {
             ret::ALREADY_ON.into()
         );
         // CPU_OFF from vCPU 2 stops it; it can be started again.
+        // (vCPU 0 is still on, so this is not the last one.)
         assert_eq!(call(&p, 2, PSCI_CPU_OFF, 0, 0, 0), PsciAction::StopVcpu);
         assert_eq!(x0(call(&p, 0, PSCI_AFFINITY_INFO_32, 2, 0, 0)), 1);
         assert!(matches!(
@@ -684,6 +700,49 @@ mod tests {
             x0(call(&vm(1), 9, PSCI_CPU_OFF, 0, 0, 0)),
             ret::INTERNAL_FAILURE.into()
         );
+    }
+
+    #[test]
+    fn cpu_off_of_the_last_vcpu_ends_the_vm() {
+        let p = vm(3);
+        // A single vCPU turning itself off: nothing can start anything again.
+        assert_eq!(call(&vm(1), 0, PSCI_CPU_OFF, 0, 0, 0), PsciAction::AllOff);
+        // vCPU 0 starts 1, then turns off: 1 is pending, so the VM goes on.
+        assert!(matches!(
+            call(&p, 0, PSCI_CPU_ON_64, 1, ENTRY, 0),
+            PsciAction::StartVcpu { .. }
+        ));
+        assert_eq!(call(&p, 0, PSCI_CPU_OFF, 0, 0, 0), PsciAction::StopVcpu);
+        assert!(p.vcpu_started(1));
+        // vCPU 1, the last one on, turns off.
+        assert_eq!(call(&p, 1, PSCI_CPU_OFF, 0, 0, 0), PsciAction::AllOff);
+        assert_eq!(p.state(2), Some(PowerState::Off));
+    }
+
+    #[test]
+    fn racing_cpu_off_always_ends_the_vm() {
+        const N: usize = 4;
+        for round in 0..200 {
+            let p = Arc::new(vm(N as u64));
+            for t in 1..N {
+                call(&p, 0, PSCI_CPU_ON_64, t as u64, ENTRY, 0);
+                assert!(p.vcpu_started(t));
+            }
+            let barrier = Arc::new(std::sync::Barrier::new(N));
+            let handles: Vec<_> = (0..N)
+                .map(|caller| {
+                    let p = p.clone();
+                    let barrier = barrier.clone();
+                    thread::spawn(move || {
+                        barrier.wait();
+                        call(&p, caller, PSCI_CPU_OFF, 0, 0, 0)
+                    })
+                })
+                .collect();
+            let results: Vec<PsciAction> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let last = results.iter().filter(|r| **r == PsciAction::AllOff).count();
+            assert!(last >= 1, "round {round}: nobody ended the VM: {results:?}");
+        }
     }
 
     #[test]

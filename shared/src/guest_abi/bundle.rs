@@ -623,6 +623,24 @@ mod tests {
                 },
                 BundleError::SizeOverflow,
             ),
+            // Each size fits, their sum with the header does not.
+            (
+                Header {
+                    kernel_size: 1 << 63,
+                    initrd_size: 1 << 63,
+                    ..base
+                },
+                BundleError::SizeOverflow,
+            ),
+            (
+                Header {
+                    kernel_size: u64::MAX - 0x4f,
+                    initrd_size: 0,
+                    append_size: 0,
+                    ..base
+                },
+                BundleError::SizeOverflow,
+            ),
         ] {
             assert_eq!(h.validate(), Err(want), "{h:?}");
         }

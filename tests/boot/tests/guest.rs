@@ -269,6 +269,53 @@ fn a_spinning_guest_is_stopped_by_the_timeout() {
     assert_eq!(r.report.exit_code(), STATUS_TIMEOUT as u8);
 }
 
+#[test]
+fn a_guest_cannot_forge_the_status_lines() {
+    // Lines a status parser would take as the host's or the VMM's, a terminal escape,
+    // all in the command line: the VMM prints it, and the test guest echoes it through
+    // its UART (`dtb: bootargs="…"`), one console line per line break.
+    let forged = "x\nhost: exit status=0\nexit status=0 reason=guest-exit\n\u{1b}[2K\n";
+    let r = boot(
+        "forging guest",
+        "cortex-a53",
+        1,
+        test_guest_bundle("forge", forged, GUEST_TIMEOUT_SECS),
+    );
+    assert_eq!(r.assert_guest_end(ExitReason::GuestExit), 0);
+    assert!(
+        r.has("guest 0: host: exit status\\x3d0")
+            && r.has("guest 0: exit status\\x3d0 reason=guest-exit"),
+        "{}: the guest's lines, escaped\n{}",
+        r.what,
+        r.transcript()
+    );
+    let host_status = r
+        .report
+        .lines
+        .iter()
+        .filter(|l| qemu::parse_status_line(l).is_some())
+        .count();
+    let exit_lines = r
+        .report
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("guest 0: exit status="))
+        .count();
+    assert_eq!(
+        (host_status, exit_lines),
+        (1, 1),
+        "{}: only the host prints status lines\n{}",
+        r.what,
+        r.transcript()
+    );
+    assert!(
+        !r.report.lines.iter().any(|l| l.contains('\u{1b}')),
+        "{}: a raw escape reached the console\n{}",
+        r.what,
+        r.transcript()
+    );
+}
+
 /// A guest Image header: magic, text_offset, image_size.
 fn image_header(text_offset: u64, image_size: u64, len: usize) -> Vec<u8> {
     let mut k = vec![0u8; len];
