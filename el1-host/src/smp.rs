@@ -104,21 +104,7 @@ impl CpuSlot {
             mpidr: AtomicU64::new(u64::MAX),
             state: AtomicU8::new(state::OFF),
             work: AtomicUsize::new(0),
-            regs: UnsafeCell::new(IdRegs {
-                midr: 0,
-                revidr: 0,
-                ctr: 0,
-                clidr: 0,
-                pfr0: 0,
-                pfr1: 0,
-                isar0: 0,
-                isar1: 0,
-                isar2: 0,
-                mmfr0: 0,
-                mmfr1: 0,
-                mmfr2: 0,
-                dfr0: 0,
-            }),
+            regs: UnsafeCell::new(IdRegs::ZERO),
         }
     }
 }

@@ -104,21 +104,7 @@ const fn parange_for_bits(bits: u8) -> u64 {
 /// A plain Armv8.0 CPU with a GICv3 CPU interface (every CPU model this project runs
 /// on has one): the host view [`GuestIdRegs::baseline`] filters.
 const fn baseline_host() -> IdRegs {
-    let mut r = IdRegs {
-        midr: 0,
-        revidr: 0,
-        ctr: 0,
-        clidr: 0,
-        pfr0: 0,
-        pfr1: 0,
-        isar0: 0,
-        isar1: 0,
-        isar2: 0,
-        mmfr0: 0,
-        mmfr1: 0,
-        mmfr2: 0,
-        dfr0: 0,
-    };
+    let mut r = IdRegs::ZERO;
     // EL0/EL1/EL2 AArch64, FP and AdvSIMD (0 = implemented), GIC system registers.
     r.pfr0 = PFR0_EL0.with_raw(0, 1);
     r.pfr0 = PFR0_EL1.with_raw(r.pfr0, 1);

@@ -509,6 +509,23 @@ pub struct IdRegs {
 }
 
 impl IdRegs {
+    /// Every register zero (what `Default` gives, usable in `const` contexts).
+    pub const ZERO: IdRegs = IdRegs {
+        midr: 0,
+        revidr: 0,
+        ctr: 0,
+        clidr: 0,
+        pfr0: 0,
+        pfr1: 0,
+        isar0: 0,
+        isar1: 0,
+        isar2: 0,
+        mmfr0: 0,
+        mmfr1: 0,
+        mmfr2: 0,
+        dfr0: 0,
+    };
+
     /// The value of `reg`.
     pub const fn get(&self, reg: Reg) -> u64 {
         match reg {
