@@ -32,6 +32,7 @@ use el1_host::bootargs::{BootArgs, TestFault};
 use el1_host::bootinfo::BootInfo;
 use el1_host::layout::{self, KernelImage, LinearMap};
 use el1_host::status::{ExitStatus, STATUS_PREFIX};
+use shared::cpucaps::KvmMode;
 
 /// The hyp image xtask built, embedded when `HYP_IMAGE` was set at build time.
 #[cfg(has_hyp_image)]
@@ -224,7 +225,23 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
         on_each_cpu: smp::on_each_cpu,
         mair: arch::sysreg::mair_el1(),
     };
-    let mut hyp_mem = Some(hyp_mem);
+    // kvm-arm.mode=none leaves EL2 to the stub: no hyp, so no guests. Protected mode
+    // (host stage-2) is not implemented yet: say so rather than pretend.
+    let kvm_mode = fin.software().kvm_mode;
+    let mut hyp_mem = match kvm_mode {
+        KvmMode::None => {
+            println!("hyp: kvm-arm.mode=none: the hyp is not installed");
+            None
+        }
+        KvmMode::Protected => {
+            log::warn!(
+                "hyp: kvm-arm.mode=protected is not implemented yet: installing the hyp in \
+                 nVHE mode (the host keeps access to all memory)"
+            );
+            Some(hyp_mem)
+        }
+        KvmMode::Default | KvmMode::Nvhe => Some(hyp_mem),
+    };
     let mut staged = None;
     let pass = alternatives::apply_system_pass(fin, &mut tables, &image, None, &mut || {
         // The host's text (its RNDR site included) is patched and synchronised here.
@@ -240,6 +257,7 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
     // Caps are final and both images are patched: install the hyp on every CPU.
     let hyp = match staged {
         Some(s) => hyp::install(s, &hyp_inputs(None)),
+        None if kvm_mode == KvmMode::None => hyp::Outcome::Disabled,
         None => hyp::Outcome::Refused,
     };
     selftests_ok &= hyp.is_success();

@@ -396,3 +396,33 @@ fn invalid_override_is_reported_and_changes_nothing() {
     // Caps exactly as without the argument: LSE stays, and the LSE path runs.
     check_caps_and_alternatives(&b, "max", 2, Lse::AsModel);
 }
+
+#[test]
+fn kvm_arm_mode_none_leaves_the_hyp_out_and_protected_says_it_is_not_there_yet() {
+    let none = boot("cortex-a53", 2, Some("kvm-arm.mode=none"));
+    none.assert_success();
+    assert_eq!(
+        none.lines_starting("hyp: kvm-arm.mode=none: the hyp is not installed")
+            .len(),
+        1,
+        "{}",
+        none.transcript()
+    );
+    assert!(
+        none.lines_starting("hyp: mode=").is_empty(),
+        "a hyp was installed with kvm-arm.mode=none\n{}",
+        none.transcript()
+    );
+
+    let protected = boot("cortex-a53", 2, Some("kvm-arm.mode=protected"));
+    protected.assert_success();
+    assert!(
+        protected
+            .report
+            .lines
+            .iter()
+            .any(|l| l.contains("warn: hyp: kvm-arm.mode=protected is not implemented yet")),
+        "{}",
+        protected.transcript()
+    );
+}
