@@ -87,6 +87,10 @@ impl QemuConfig {
             "-m",
             &self.mem,
             "-nographic",
+            // No network card: nothing uses one, and QEMU's default NIC needs the
+            // ipxe-qemu option ROM, which a minimal QEMU install does not have.
+            "-nic",
+            "none",
             "-no-reboot",
             "-kernel",
         ]

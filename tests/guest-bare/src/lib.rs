@@ -66,6 +66,9 @@ pub fn qemu_args(image: &Path, cpu: &str, smp: u32, append: Option<&str>) -> Vec
         "-m",
         MEM,
         "-nographic",
+        // No network card (see xtask::qemu: the default one needs an option ROM).
+        "-nic",
+        "none",
         "-no-reboot",
         "-kernel",
     ]
