@@ -198,6 +198,12 @@ fn qemu(args: &[String]) -> Result<(), String> {
     cfg.image = build()?;
     if cfg.gdb {
         cfg.timeout = None;
+        if !qemu::ensure_package("gdb-multiarch", "gdb-multiarch") {
+            eprintln!(
+                "xtask: gdb-multiarch is not installed (apt-get install gdb-multiarch); \
+                 any gdb that knows AArch64 will do"
+            );
+        }
         let elf = root.join("target/aarch64-unknown-none/release/el1-host");
         eprintln!(
             "xtask: QEMU waits for gdb on localhost:1234; attach with:\n  gdb-multiarch {} -ex 'target remote :1234'",

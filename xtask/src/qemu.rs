@@ -380,29 +380,37 @@ pub fn run(cfg: &QemuConfig, mut on_line: impl FnMut(&str)) -> Result<Report, Qe
 /// Installs QEMU when it is missing and this process may: running as root with apt-get
 /// available. Otherwise returns [`QemuError::NotInstalled`] (whose message says how).
 pub fn ensure_installed() -> Result<(), QemuError> {
-    if find_on_path(QEMU).is_some() {
-        return Ok(());
+    if ensure_package(QEMU, "qemu-system-arm") {
+        Ok(())
+    } else {
+        Err(QemuError::NotInstalled)
+    }
+}
+
+/// Whether `binary` is on PATH, installing Debian's `package` first when it is missing and
+/// this process may (root, with apt-get); says on stderr what it installs.
+pub fn ensure_package(binary: &str, package: &str) -> bool {
+    if find_on_path(binary).is_some() {
+        return true;
     }
     let is_root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !is_root || find_on_path("apt-get").is_none() {
-        return Err(QemuError::NotInstalled);
+        return false;
     }
-    eprintln!("xtask: {QEMU} is missing; installing qemu-system-arm with apt-get");
-    for args in [&["update"][..], &["install", "-y", "qemu-system-arm"][..]] {
+    eprintln!("xtask: {binary} is missing; installing {package} with apt-get");
+    for args in [&["update"][..], &["install", "-y", package][..]] {
         let ok = Command::new("apt-get")
             .args(args)
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return Err(QemuError::NotInstalled);
+            return false;
         }
     }
-    find_on_path(QEMU)
-        .map(|_| ())
-        .ok_or(QemuError::NotInstalled)
+    find_on_path(binary).is_some()
 }
 
 /// Where `cargo xtask build` puts the Image, for a workspace root.
