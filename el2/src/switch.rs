@@ -14,6 +14,11 @@
 //! `HAS_RAS_EXTN` (DISR after the exit's ESB), `SVE`/`SME` (their traps stay on for
 //! guests), `HAS_PAN`/`SSBS` (injected exception entry).
 //!
+//! MDCR_EL2 is switched too: while a guest runs, its PMU, debug, OS-lock, debug-ROM,
+//! SPE and trace-filter register accesses trap to EL2 (the VMM emulates them), so the
+//! host's PMU and breakpoint programming is out of the guest's reach; MDSCR_EL1 is
+//! carried with the other EL1 registers.
+//!
 //! # The Cortex-A57/A72 speculative-AT erratum (1319367/1319537)
 //!
 //! These cores may speculatively walk EL1&0 stage-1 tables with a mix of one world's
@@ -93,6 +98,35 @@ const CNTHCTL_EL1PCEN: u64 = 1 << 1;
 /// does not carry.
 const CPTR_TZ: u64 = 1 << 8;
 const CPTR_TSM: u64 = 1 << 12;
+/// MDCR_EL2.HPMN (bits 4:0): kept from the host (a zero HPMN is UNPREDICTABLE without
+/// FEAT_HPMN0, and with TPM set the guest reaches no counter anyway).
+const MDCR_HPMN: u64 = 0x1f;
+/// MDCR_EL2 bits always set for guests: TPMCR (5) and TPM (6) trap every PMU register,
+/// TDA (9) the debug registers (breakpoints, watchpoints, MDSCR_EL1, DCC), TDOSA (10)
+/// the OS lock / double lock / power-down registers, TDRA (11) MDRAR_EL1. TDE, HPME
+/// and E2PB (13:12) stay 0: debug exceptions go to the guest's EL1, EL2 counters stay
+/// off, and an SPE buffer (if any) is EL2's, so EL1 accesses to it trap.
+const MDCR_GUEST_TRAPS: u64 = (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11);
+const _: () = assert!(MDCR_GUEST_TRAPS == 0xe60);
+/// MDCR_EL2.TPMS (14): SPE sampling-control registers trap (RES0 without FEAT_SPE).
+const MDCR_TPMS: u64 = 1 << 14;
+/// MDCR_EL2.TTRF (19): trace-filter registers trap (RES0 without FEAT_TRF).
+const MDCR_TTRF: u64 = 1 << 19;
+
+/// MDCR_EL2 while a guest runs: the host's HPMN, every debug/PMU/SPE/trace trap the
+/// CPU has (per ID_AA64DFR0_EL1 `dfr0`: PMSVer 35:32, TraceFilt 43:40), nothing else.
+/// The guest so cannot reprogram the PMU or the breakpoints the host uses; the VMM
+/// emulates what it traps.
+fn guest_mdcr(host: u64, dfr0: u64) -> u64 {
+    let mut m = (host & MDCR_HPMN) | MDCR_GUEST_TRAPS;
+    if (dfr0 >> 32) & 0xf != 0 {
+        m |= MDCR_TPMS;
+    }
+    if (dfr0 >> 40) & 0xf != 0 {
+        m |= MDCR_TTRF;
+    }
+    m
+}
 
 /// Saves the EL1/EL0 registers a world owns into `r`.
 fn save_el1(r: &mut GuestSysRegs) {
@@ -212,6 +246,7 @@ struct HostEl2 {
     vmpidr: u64,
     cnthctl: u64,
     cptr: u64,
+    mdcr: u64,
     vttbr: u64,
     vtcr: u64,
     sp_el1: u64,
@@ -245,6 +280,7 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
         vmpidr: rd!("vmpidr_el2"),
         cnthctl: rd!("cnthctl_el2"),
         cptr: rd!("cptr_el2"),
+        mdcr: rd!("mdcr_el2"),
         vttbr: rd!("vttbr_el2"),
         vtcr: rd!("vtcr_el2"),
         sp_el1: rd!("sp_el1"),
@@ -276,6 +312,7 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
     wr!("vttbr_el2", vttbr);
     wr!("hcr_el2", hcr);
     wr!("cptr_el2", cptr);
+    wr!("mdcr_el2", guest_mdcr(host.mdcr, rd!("id_aa64dfr0_el1")));
     wr!(
         "cnthctl_el2",
         (host.cnthctl & !CNTHCTL_EL1PCEN) | CNTHCTL_EL1PCTEN
@@ -333,6 +370,7 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
     wr!("vttbr_el2", host.vttbr);
     wr!("vtcr_el2", host.vtcr);
     wr!("cptr_el2", host.cptr);
+    wr!("mdcr_el2", host.mdcr);
     wr!("cnthctl_el2", host.cnthctl);
     isb();
     load_el1_but_sctlr_tcr(&host_el1);

@@ -9,7 +9,7 @@
 //! | MMIO | the [`MmioBus`]; a load's value goes to its register; PC + 4. An access no device accepts gets a synchronous external abort injected at the guest's faulting address (FAR) |
 //! | data / instruction abort | synchronous external abort injected (the hyp builds ESR/FAR/ELR as hardware would) |
 //! | WFI / WFE | PC + 4, then the host waits ([`Step::Wait`]) |
-//! | system register | [`sysreg_action`]: group-3 ID registers read the filtered view ([`super::idregs`]), writes to them and IMPLEMENTATION DEFINED registers (`TIDCP`) get an Undefined Instruction; ACTLR_EL1, the set/way cache operations and the EL1 physical timer read as zero / ignore writes (reported, the first few); any other trapped encoding gets an Undefined Instruction |
+//! | system register | [`sysreg_action`]: group-3 ID registers read the filtered view ([`super::idregs`]), writes to them and IMPLEMENTATION DEFINED registers (`TIDCP`) get an Undefined Instruction; ACTLR_EL1, the set/way cache operations and the EL1 physical timer read as zero / ignore writes (reported, the first few); PMU/SPE registers get an Undefined Instruction (no PMU shown); debug registers: MDSCR_EL1 is the context's, OSLSR_EL1 reads "unlocked", the rest read as zero / ignore writes (breakpoints not virtualised yet); any other trapped encoding gets an Undefined Instruction |
 //! | IRQ | [`Step::HostIrq`]: the host handles its interrupt and checks its deadlines |
 //! | unknown: EC 0x00, SVE (0x19), SME (0x1D) | Undefined Instruction injected, as the hardware of the CPU the guest is shown (no SVE/SME) would raise |
 //! | SError, any other unknown class | the VM ends with reason `abort` |
@@ -251,6 +251,14 @@ impl VmModel {
                         self.report_sysreg(vcpu, ctx, &s, "undefined instruction injected");
                         inject_undef(ctx);
                     }
+                    SysRegAction::Mdscr => {
+                        if s.read {
+                            ctx.set_reg(s.rt, ctx.sys.mdscr_el1);
+                        } else {
+                            ctx.sys.mdscr_el1 = ctx.reg(s.rt);
+                        }
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
                 }
                 Step::Resume
             }
@@ -427,6 +435,28 @@ pub enum SysRegAction {
     RazWi,
     /// Inject an Undefined Instruction exception at the access (PC unchanged).
     Undef,
+    /// MDSCR_EL1 (trapped by `MDCR_EL2.TDA` with the other debug registers): a read
+    /// gives the context's `mdscr_el1`, a write stores into it (the world switch loads
+    /// it into the hardware on the next entry); PC + 4.
+    Mdscr,
+}
+
+/// MDSCR_EL1: op0 2, op1 0, CRn 0, CRm 2, op2 2.
+const MDSCR_EL1: (u8, u8, u8, u8, u8) = (2, 0, 0, 2, 2);
+/// OSLSR_EL1: op0 2, op1 0, CRn 1, CRm 1, op2 4.
+const OSLSR_EL1: (u8, u8, u8, u8, u8) = (2, 0, 1, 1, 4);
+/// OSLSR_EL1 as the guest reads it: OSLM = 0b10 (bit 3: the OS lock is implemented),
+/// OSLK = 0 (unlocked), whatever the guest wrote to OSLAR_EL1.
+pub const OSLSR_UNLOCKED: u64 = 0x8;
+
+/// Whether `s` is a PMU register (PMCR_EL0, PMCNTEN*, PMOVS*, PMSWINC, PMSELR, PMCEID*,
+/// PMCCNTR, PMXEV*, PMUSERENR, PMINTEN*, PMMIR, PMEVCNTR/TYPER<n>, PMCCFILTR) or an
+/// SPE register (PMS*, PMB*): op0 3, op1 0 or 3, CRn 9 with CRm 9..=14, or CRn 14 with
+/// CRm 8..=15 (CRn 14 CRm 0..=3 are the generic timer's).
+fn is_pmu_or_spe(s: &SysRegAccess) -> bool {
+    s.op0 == 3
+        && matches!(s.op1, 0 | 3)
+        && ((s.crn == 9 && (9..=14).contains(&s.crm)) || (s.crn == 14 && s.crm >= 8))
 }
 
 /// The policy for a trapped MRS/MSR/SYS from the guest:
@@ -439,6 +469,16 @@ pub enum SysRegAction {
 ///   the EL1 physical timer CNTP_TVAL/CTL/CVAL_EL0 (`CNTHCTL_EL2.EL1PCEN` clear):
 ///   architecturally present, so read as zero and ignore writes (set/way operations are
 ///   not needed: guest RAM is coherent normal memory);
+/// * PMU and SPE registers (`MDCR_EL2.TPM`/`TPMCR`/`TPMS`): UNDEFINED, as on a CPU
+///   without them — the guest's ID_AA64DFR0_EL1 shows PMUVer = PMSVer = 0;
+/// * debug registers (op0 = 2, op1 = 0 or 3; `MDCR_EL2.TDA`/`TDOSA`/`TDRA`): MDSCR_EL1
+///   is the context's own ([`SysRegAction::Mdscr`]); OSLSR_EL1 reads
+///   [`OSLSR_UNLOCKED`]; everything else (OSLAR, OSDLR, DBGPRCR, DBGB/WVR/CR<n>,
+///   MDCCINT, DBGCLAIM*, MDRAR, the DCC registers, ...) reads as zero and ignores
+///   writes. Breakpoints and watchpoints are not virtualised yet: the guest sees the
+///   hardware's BRP/WRP counts (DebugVer 6), so Linux's debug-monitor setup (clearing
+///   the OS lock, writing MDSCR_EL1) works, but the registers are inert — the
+///   hardware's stay the host's;
 /// * anything else: UNDEFINED (no other trap is enabled for guests; an encoding that
 ///   reaches the VMM anyway is one the guest's CPU does not have).
 pub fn sysreg_action(id: &GuestIdRegs, s: &SysRegAccess) -> SysRegAction {
@@ -447,6 +487,19 @@ pub fn sysreg_action(id: &GuestIdRegs, s: &SysRegAccess) -> SysRegAction {
         return match (s.read, id.read(e)) {
             (true, Some(v)) => SysRegAction::Read(v),
             _ => SysRegAction::Undef,
+        };
+    }
+    if is_pmu_or_spe(s) {
+        return SysRegAction::Undef;
+    }
+    if s.op0 == 2 && matches!(s.op1, 0 | 3) {
+        let reg = (s.op0, s.op1, s.crn, s.crm, s.op2);
+        return if reg == MDSCR_EL1 {
+            SysRegAction::Mdscr
+        } else if reg == OSLSR_EL1 && s.read {
+            SysRegAction::Read(OSLSR_UNLOCKED)
+        } else {
+            SysRegAction::RazWi
         };
     }
     let impdef = (s.op0 == 1 || s.op0 == 3) && (s.crn == 11 || s.crn == 15);
@@ -875,6 +928,125 @@ mod tests {
         assert_eq!(
             sysreg_action(&v, &acc(3, 0, 0, 4, 0, true)),
             SysRegAction::Read(v.read(idregs::enc::PFR0).unwrap())
+        );
+    }
+
+    #[test]
+    fn pmu_registers_are_undefined() {
+        let v = GuestIdRegs::default();
+        let (m, _) = vm(1);
+        let acc = |op1, crn, crm, op2, read| SysRegAccess {
+            op0: 3,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt: 2,
+            read,
+        };
+        // PMCR_EL0, PMCNTENSET_EL0, PMSELR_EL0, PMCCNTR_EL0, PMXEVTYPER_EL0,
+        // PMUSERENR_EL0, PMINTENSET_EL1, PMEVCNTR0_EL0, PMEVTYPER30_EL0, PMCCFILTR_EL0,
+        // PMSCR_EL1 (SPE).
+        for a in [
+            acc(3, 9, 12, 0, true),
+            acc(3, 9, 12, 1, false),
+            acc(3, 9, 12, 5, false),
+            acc(3, 9, 13, 0, true),
+            acc(3, 9, 13, 1, false),
+            acc(3, 9, 14, 0, true),
+            acc(0, 9, 14, 1, false),
+            acc(3, 14, 8, 0, true),
+            acc(3, 14, 15, 6, false),
+            acc(3, 14, 15, 7, true),
+            acc(0, 9, 9, 0, false),
+        ] {
+            assert_eq!(sysreg_action(&v, &a), SysRegAction::Undef, "{a:?}");
+            let mut c = ctx();
+            c.gpr.x[2] = 0x77;
+            assert_eq!(m.handle_exit(0, &mut c, Exit::SysReg(a)), Step::Resume);
+            assert_eq!((c.inject.kind, c.gpr.pc), (INJECT_UNDEF, PC), "{a:?}");
+            assert_eq!(c.gpr.x[2], 0x77, "{a:?}: no value written");
+        }
+        // The timer registers next to them in CRn 14 are not PMU registers.
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 14, 2, 1, true)),
+            SysRegAction::RazWi
+        );
+    }
+
+    #[test]
+    fn debug_registers_are_present_but_inert() {
+        let v = GuestIdRegs::default();
+        let (m, _) = vm(1);
+        let acc = |op1, crn, crm, op2, rt, read| SysRegAccess {
+            op0: 2,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt,
+            read,
+        };
+        // OSLSR_EL1: OS lock implemented, unlocked.
+        let mut c = ctx();
+        c.gpr.x[4] = u64::MAX;
+        let oslsr = acc(0, 1, 1, 4, 4, true);
+        assert_eq!(m.handle_exit(0, &mut c, Exit::SysReg(oslsr)), Step::Resume);
+        assert_eq!(
+            (c.gpr.x[4], c.gpr.pc, c.inject.kind),
+            (0x8, PC + 4, INJECT_NONE)
+        );
+        // OSLAR_EL1 = 0 and DBGBVR0_EL1 / DBGBCR0_EL1 / DBGWCR3_EL1 / OSDLR_EL1 /
+        // MDCCINT_EL1 writes: ignored, PC advanced, the context's registers unchanged.
+        let before = c.sys;
+        c.gpr.x[5] = 0x4008_0000;
+        for (i, a) in [
+            acc(0, 1, 0, 4, 31, false),
+            acc(0, 0, 0, 4, 5, false),
+            acc(0, 0, 0, 5, 5, false),
+            acc(0, 0, 3, 7, 5, false),
+            acc(0, 1, 3, 4, 5, false),
+            acc(0, 0, 2, 0, 5, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(sysreg_action(&v, &a), SysRegAction::RazWi, "{a:?}");
+            assert_eq!(m.handle_exit(0, &mut c, Exit::SysReg(a)), Step::Resume);
+            assert_eq!(c.gpr.pc, PC + 8 + 4 * i as u64, "{a:?}");
+            assert_eq!(c.inject.kind, INJECT_NONE, "{a:?}");
+        }
+        assert_eq!(c.sys, before, "writes ignored");
+        assert_eq!(c.gpr.x[5], 0x4008_0000);
+        // Reads of DBGBVR0_EL1, MDRAR_EL1, DBGCLAIMCLR_EL1, MDCCSR_EL0: zero.
+        for a in [
+            acc(0, 0, 0, 4, 6, true),
+            acc(0, 1, 0, 0, 6, true),
+            acc(0, 7, 9, 6, 6, true),
+            acc(3, 0, 1, 0, 6, true),
+        ] {
+            c.gpr.x[6] = 0x55;
+            m.handle_exit(0, &mut c, Exit::SysReg(a));
+            assert_eq!((c.gpr.x[6], c.inject.kind), (0, INJECT_NONE), "{a:?}");
+        }
+        // MDSCR_EL1 is the context's own: a write stores, a read returns it.
+        let mut c = ctx();
+        c.gpr.x[7] = 1 << 12;
+        let w = acc(0, 0, 2, 2, 7, false);
+        assert_eq!(sysreg_action(&v, &w), SysRegAction::Mdscr);
+        m.handle_exit(0, &mut c, Exit::SysReg(w));
+        assert_eq!((c.sys.mdscr_el1, c.gpr.pc), (1 << 12, PC + 4));
+        c.sys.mdscr_el1 |= 1 << 15;
+        let r = acc(0, 0, 2, 2, 8, true);
+        m.handle_exit(0, &mut c, Exit::SysReg(r));
+        assert_eq!((c.gpr.x[8], c.gpr.pc), ((1 << 12) | (1 << 15), PC + 8));
+        // A write of XZR clears it.
+        m.handle_exit(0, &mut c, Exit::SysReg(acc(0, 0, 2, 2, 31, false)));
+        assert_eq!(c.sys.mdscr_el1, 0);
+        // op0 2 with op1 1 (trace) is not a debug register the hyp traps: UNDEF.
+        assert_eq!(
+            sysreg_action(&v, &acc(1, 0, 2, 0, 0, true)),
+            SysRegAction::Undef
         );
     }
 }

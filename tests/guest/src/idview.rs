@@ -4,6 +4,9 @@
 //! Undefined Instruction exception (ESR_EL1.EC = 0, IL = 1, ELR_EL1 = the instruction),
 //! which the guest survives by skipping it.
 //!
+//! The same for the PMU (PMUVer = 0: PMCR_EL0 is an Undefined Instruction), while the
+//! OS lock that Linux's debug-monitor setup clears works (OSLSR_EL1 reads "unlocked").
+//!
 //! Only under this project's hypervisor (NULL_HVC answered): on bare QEMU `-cpu max`
 //! the CPU really has SVE and the instructions work. CPACR_EL1.ZEN is opened for the
 //! test so that EL1's own SVE trap (EC 0x19 to EL1) does not hide what EL2 does.
@@ -53,6 +56,41 @@ pub fn run() {
     });
     // SAFETY: restores the value read above.
     unsafe { asm!("msr cpacr_el1, {}", "isb", in(reg) cpacr, options(nostack)) };
+
+    // No PMU is shown (PMUVer = 0) and the hypervisor traps the real one: a PMU
+    // register access is an Undefined Instruction.
+    undef("mrs PMCR_EL0", |pc| {
+        // SAFETY: expected to raise an Undefined Instruction exception; the armed
+        // handler skips it. If it executed, it would only write x0 (declared).
+        unsafe {
+            asm!("adr {pc}, 1f", "1: mrs x0, pmcr_el0",
+                 pc = out(reg) *pc, out("x0") _, options(nostack))
+        }
+    });
+    os_lock();
+}
+
+/// Clears the OS lock and reads its status, as Linux's debug-monitor setup does: the
+/// hypervisor traps both and must complete them without an exception, reporting the
+/// lock as implemented and unlocked (OSLSR_EL1 = 0x8).
+fn os_lock() {
+    let oslsr: u64;
+    exceptions::arm(Resume::Skip);
+    // SAFETY: OSLAR_EL1/OSLSR_EL1 are this guest's own debug registers; writing 0
+    // unlocks the OS lock, which only enables debug features the guest does not use.
+    unsafe {
+        asm!("msr oslar_el1, xzr", "isb", "mrs {}, oslsr_el1",
+             out(reg) oslsr, options(nostack))
+    };
+    let taken = exceptions::disarm();
+    crate::check!(
+        taken.is_none() && oslsr == 0x8,
+        "idregs: OSLAR_EL1=0, OSLSR_EL1={oslsr:#x} (want 0x8), exception: {}",
+        match taken {
+            Some(t) => t.esr,
+            None => 0,
+        }
+    );
 }
 
 /// Runs `insn` (which stores its own address through the argument) and checks that it
