@@ -15,6 +15,19 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// RUSTFLAGS that make a crate a static position-independent executable linked by
+/// `script` (el2 and the test guest): no dynamic loader ever runs, so RELRO ordering
+/// constraints (`-z norelro`) would only get in the way of the link scripts' layout.
+pub fn static_pie_rustflags(script: &Path) -> Vec<String> {
+    vec![
+        "-Crelocation-model=pie".into(),
+        "-Clink-arg=-pie".into(),
+        "-Clink-arg=--no-dynamic-linker".into(),
+        "-Clink-arg=-znorelro".into(),
+        format!("-Clink-arg=-T{}", script.display()),
+    ]
+}
+
 /// Runs cargo with `args` in `root` (and extra environment), reporting the command.
 pub fn cargo_in(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

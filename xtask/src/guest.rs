@@ -85,19 +85,6 @@ impl From<image::ImageError> for GuestImageError {
     }
 }
 
-/// The guest's static-PIE flags (the same shape as el2's).
-fn rustflags(root: &Path) -> Vec<String> {
-    let script = root.join("linker/guest.ld");
-    vec![
-        "-Crelocation-model=pie".into(),
-        "-Clink-arg=-pie".into(),
-        "-Clink-arg=--no-dynamic-linker".into(),
-        // No loader runs: RELRO would only force page-aligned read-only pieces.
-        "-Clink-arg=-znorelro".into(),
-        format!("-Clink-arg=-T{}", script.display()),
-    ]
-}
-
 /// Where [`build_guest`] writes the Image.
 pub fn image_path(root: &Path) -> PathBuf {
     root.join(TARGET_DIR)
@@ -121,7 +108,10 @@ pub fn build_guest(root: &Path) -> Result<PathBuf, String> {
         .arg("--target-dir")
         .arg(&target_dir)
         // Highest-precedence flag source, so an outer RUSTFLAGS cannot drop -pie.
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags(root).join("\x1f"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            crate::build::static_pie_rustflags(&root.join("linker/guest.ld")).join("\x1f"),
+        )
         .env_remove("RUSTFLAGS")
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;

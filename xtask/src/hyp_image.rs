@@ -620,20 +620,6 @@ pub fn make_hyp_image(elf_bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(image)
 }
 
-/// The flags that make el2 a static PIE linked by `linker/el2.ld`.
-fn el2_rustflags(root: &Path) -> Vec<String> {
-    let script = root.join("linker/el2.ld");
-    vec![
-        "-Crelocation-model=pie".into(),
-        "-Clink-arg=-pie".into(),
-        "-Clink-arg=--no-dynamic-linker".into(),
-        // No dynamic loader ever runs: RELRO ordering constraints would only get in the
-        // way of putting .dynamic after the host-only tables.
-        "-Clink-arg=-znorelro".into(),
-        format!("-Clink-arg=-T{}", script.display()),
-    ]
-}
-
 /// Builds el2 (release, static PIE, own target dir) and returns the ELF's path.
 pub fn build_el2(root: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -649,7 +635,10 @@ pub fn build_el2(root: &Path) -> Result<PathBuf, String> {
         .arg(&target_dir)
         // Highest-precedence flag source, so a RUSTFLAGS in the environment cannot
         // silently drop -pie; applies only to this invocation.
-        .env("CARGO_ENCODED_RUSTFLAGS", el2_rustflags(root).join("\x1f"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            xtask::build::static_pie_rustflags(&root.join("linker/el2.ld")).join("\x1f"),
+        )
         .env_remove("RUSTFLAGS")
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;

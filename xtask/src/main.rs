@@ -54,17 +54,7 @@ const TARGET: &str = "aarch64-unknown-none";
 const AARCH64_CRATES: [&str; 2] = ["el2", "el1-host"];
 
 fn cargo(args: &[&str]) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
-    }
+    xtask::build::cargo_in(&xtask::build::workspace_root(), args, &[])
 }
 
 fn aarch64_args<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

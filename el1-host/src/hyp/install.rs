@@ -8,15 +8,16 @@ use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use shared::hyp_image::{HypLayout, ImageRange};
 use shared::hypercall::{self, stub, HcallId, InitParams, HCR_HOST_NVHE_FLAGS};
 
-/// Issues `hvc #0` with `x0..x3 = args` and returns `x0..x3` afterwards.
+/// Issues `hvc #0` with `x0..x4 = args` and returns `x0..x4` afterwards: the one place
+/// the host enters EL2 (stub calls, host calls, VM calls).
 ///
-/// The hyp changes only x0–x3 on a host call (it restores the rest from its saved
-/// context); the stub paths may also change x4 and x5, so those are clobbers too.
-pub fn hvc(args: [u64; 4]) -> [u64; 4] {
-    let [mut x0, mut x1, mut x2, mut x3] = args;
+/// The hyp changes only the registers it answers in (it restores the rest from its saved
+/// context); the stub paths may also change x4 and x5, so x5 is a clobber too.
+pub fn hvc(args: [u64; 5]) -> [u64; 5] {
+    let [mut x0, mut x1, mut x2, mut x3, mut x4] = args;
     // SAFETY: an HVC to the hyp-stub or to the installed hyp, both of which return here
-    // with only x0–x5 changed; the hyp may read memory the host prepared (init
-    // parameters), hence no `nomem`.
+    // with only x0–x5 changed; the hyp may read and write host memory the arguments name
+    // (init parameters, vCPU context, stage-2 pool), hence no `nomem`.
     unsafe {
         core::arch::asm!(
             "hvc #0",
@@ -24,17 +25,17 @@ pub fn hvc(args: [u64; 4]) -> [u64; 4] {
             inout("x1") x1,
             inout("x2") x2,
             inout("x3") x3,
-            lateout("x4") _,
+            inout("x4") x4,
             lateout("x5") _,
             options(nostack),
         );
     }
-    [x0, x1, x2, x3]
+    [x0, x1, x2, x3, x4]
 }
 
 /// A host call: `x0 = id`, `x1..x3 = args`; returns `(x0, [x1, x2, x3])`.
 pub fn hcall(id: u64, args: [u64; 3]) -> (u64, [u64; 3]) {
-    let r = hvc([id, args[0], args[1], args[2]]);
+    let r = hvc([id, args[0], args[1], args[2], 0]);
     (r[0], [r[1], r[2], r[3]])
 }
 
@@ -145,14 +146,14 @@ pub fn publish(carve: &Carveout, layout: &HypLayout) {
 /// Installs the hyp on this CPU: stub HVC_SET_VECTORS(init vector PA), then the init
 /// call with this CPU's parameters.
 pub fn install_this_cpu(init_pa: u64, slot: &CpuInstall) {
-    let r = hvc([stub::HVC_SET_VECTORS, init_pa, 0, 0]);
+    let r = hvc([stub::HVC_SET_VECTORS, init_pa, 0, 0, 0]);
     if r[0] != 0 {
         slot.ret.store(r[0], Ordering::Relaxed);
         slot.state
             .store(state::SET_VECTORS_FAILED, Ordering::Release);
         return;
     }
-    let r = hvc([HcallId::HypInit.smccc_func(), slot.params_pa, 0, 0]);
+    let r = hvc([HcallId::HypInit.smccc_func(), slot.params_pa, 0, 0, 0]);
     slot.ret.store(r[0], Ordering::Relaxed);
     let s = if r[0] == hypercall::SMCCC_SUCCESS {
         state::READY

@@ -106,30 +106,9 @@ pub fn linear_va_of_pa(pa: u64) -> Result<u64, VmError> {
         .ok_or(VmError::NotHostMemory(pa))
 }
 
-/// `hvc #0` with x0..x4 in and out (the VM calls use one more register than
-/// `install::hvc`).
-fn hvc5(args: [u64; 5]) -> [u64; 5] {
-    let [mut x0, mut x1, mut x2, mut x3, mut x4] = args;
-    // SAFETY: a host call to the installed hyp, which returns here with only x0–x4
-    // changed (it restores the rest from its saved context). The hyp reads and writes
-    // host memory the arguments name (vCPU context, pool), hence no `nomem`.
-    unsafe {
-        core::arch::asm!(
-            "hvc #0",
-            inout("x0") x0,
-            inout("x1") x1,
-            inout("x2") x2,
-            inout("x3") x3,
-            inout("x4") x4,
-            options(nostack),
-        );
-    }
-    [x0, x1, x2, x3, x4]
-}
-
 /// A VM call: `Ok([x1, x2, x3, x4])` or the hyp's refusal.
 fn vm_call(id: HcallId, args: [u64; 4]) -> Result<[u64; 4], VmError> {
-    let r = hvc5([id.smccc_func(), args[0], args[1], args[2], args[3]]);
+    let r = super::install::hvc([id.smccc_func(), args[0], args[1], args[2], args[3]]);
     hypercall::decode_reply(r[0], r[1])
         .map(|_| [r[1], r[2], r[3], r[4]])
         .map_err(|e| VmError::Hyp(id, e))

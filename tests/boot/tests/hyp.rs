@@ -11,12 +11,9 @@
 //! check of that table, not from the checksum.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 use xtask::qemu::{self, Outcome, QemuConfig, Report};
 
-/// QEMU machines this test binary runs at once (CI has 2 cores).
-const MAX_PARALLEL: usize = 2;
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// The selftests the host runs on its hyp.
 const SELFTESTS: [&str; 6] = [
@@ -29,26 +26,6 @@ const SELFTESTS: [&str; 6] = [
     // pages before and after VmUnmap, Wfx, Smc, an injected abort (issue 4).
     "hyp-vcpu",
 ];
-
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(MAX_PARALLEL), Condvar::new());
-
-struct Slot;
-impl Slot {
-    fn take() -> Slot {
-        let mut free = SLOTS.0.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = SLOTS.1.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Slot
-    }
-}
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *SLOTS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        SLOTS.1.notify_one();
-    }
-}
 
 struct Run {
     what: String,
@@ -81,7 +58,7 @@ impl Run {
 }
 
 fn boot_image(image: &Path, cpu: &str, smp: u32, mem: &str, append: Option<&str>) -> Run {
-    let _slot = Slot::take();
+    let _slot = xtask::qemu::QemuSlot::take();
     let mut cfg = QemuConfig::new(image.to_path_buf());
     cfg.cpu = cpu.into();
     cfg.smp = smp;
