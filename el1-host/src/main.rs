@@ -291,10 +291,9 @@ extern "C" fn primary_main(dtb_pa: u64, image_pa: u64, boot_el: u64) -> ! {
 /// CPUs whose GIC set-up failed.
 static IRQ_SETUP_FAILED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
-/// Sets up the redistributor, CPU interface and IRQ vectors of every online CPU.
+/// Sets up the redistributor and CPU interface of every online CPU.
 fn init_host_irqs(have_gic: bool) -> bool {
     fn on_cpu(_: usize) {
-        arch::irq::install_this_cpu();
         if arch::gic::init_this_cpu(&[arch::timer::INTID]).is_err() {
             IRQ_SETUP_FAILED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         }

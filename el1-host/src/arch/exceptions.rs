@@ -1,6 +1,8 @@
-//! The EL1 exception vectors. The host runs with interrupts masked and expects no
-//! exception at all, so every entry saves the registers, and [`el1_exception`] prints
-//! them with the syndrome and ends the run with a failing status (never a silent hang).
+//! The EL1 exception vectors. The IRQ and FIQ entries of "current EL with SP_ELx" go to
+//! the host's interrupt entry (`arch::irq`; the host takes interrupts only in short
+//! windows). The host expects no other exception at all, so every other entry saves the
+//! registers, and [`el1_exception`] prints them with the syndrome and ends the run with a
+//! failing status (never a silent hang).
 
 use crate::println;
 use el1_host::status::ExitStatus;
@@ -40,13 +42,17 @@ core::arch::global_asm!(
     "mov x0, #\\kind",
     "b el1_exception_common",
     ".endm",
+    ".macro el1_vector_irq",
+    ".balign 128",
+    "b host_irq_entry",
+    ".endm",
 
     ".section .text.el1_vectors, \"ax\"",
     ".balign 2048",
     ".global el1_vectors",
     "el1_vectors:",
     "el1_vector 0", "el1_vector 1", "el1_vector 2", "el1_vector 3",
-    "el1_vector 4", "el1_vector 5", "el1_vector 6", "el1_vector 7",
+    "el1_vector 4", "el1_vector_irq", "el1_vector_irq", "el1_vector 7",
     "el1_vector 8", "el1_vector 9", "el1_vector 10", "el1_vector 11",
     "el1_vector 12", "el1_vector 13", "el1_vector 14", "el1_vector 15",
     ".balign 128",

@@ -9,11 +9,10 @@
 //!
 //! # Vectors
 //!
-//! [`install_this_cpu`] points VBAR_EL1 at `host_irq_vectors`: the IRQ and FIQ entries of
-//! "current EL with SP_ELx" save every caller-saved register (x0–x18, x29, x30, the
-//! caller-saved SIMD registers, FPSR/FPCR, ELR/SPSR) and call [`handle_pending`]; every
-//! other entry branches to the same entry of `el1_vectors` (`arch::exceptions`), which
-//! reports the unexpected exception and stops the machine as before.
+//! The IRQ and FIQ entries of "current EL with SP_ELx" in the one EL1 vector table
+//! (`arch::exceptions`) branch to `host_irq_entry`, which saves every caller-saved
+//! register (x0–x18, x29, x30, the caller-saved SIMD registers, FPSR/FPCR, ELR/SPSR) and
+//! calls [`handle_pending`]; every other entry reports an unexpected exception.
 //!
 //! # Dispatch
 //!
@@ -97,48 +96,15 @@ pub fn wait_for_interrupt() {
     window();
 }
 
-/// Points this CPU's VBAR_EL1 at the host vectors with the IRQ entries.
-pub fn install_this_cpu() {
-    // SAFETY: `host_irq_vectors` is a complete, 2 KiB-aligned vector table in the image's
-    // text; the ISB makes the new base effective before anything else is taken.
-    unsafe {
-        core::arch::asm!(
-            "adrp {t}, host_irq_vectors",
-            "add {t}, {t}, :lo12:host_irq_vectors",
-            "msr vbar_el1, {t}",
-            "isb",
-            t = out(reg) _,
-            options(nostack, preserves_flags)
-        )
-    };
-}
-
 /// Bytes the IRQ entry saves: x0–x18 (19), x29, x30, ELR, SPSR, FPSR, FPCR → 25 words,
 /// padded to 208; then q0–q7 and q16–q31 (24 × 16 = 384).
 const FRAME: usize = 208 + 384;
 const _: () = assert!(FRAME.is_multiple_of(16));
 
 core::arch::global_asm!(
-    // Non-IRQ entries: continue at the matching entry of the reporting vectors.
-    ".macro host_vec_forward kind",
+    ".section .text.host_irq_entry, \"ax\"",
     ".balign 128",
-    "b el1_vectors + (\\kind * 128)",
-    ".endm",
-    ".macro host_vec_irq",
-    ".balign 128",
-    "b host_irq_entry",
-    ".endm",
-
-    ".section .text.host_irq_vectors, \"ax\"",
-    ".balign 2048",
-    ".global host_irq_vectors",
-    "host_irq_vectors:",
-    "host_vec_forward 0", "host_vec_forward 1", "host_vec_forward 2", "host_vec_forward 3",
-    "host_vec_forward 4", "host_vec_irq", "host_vec_irq", "host_vec_forward 7",
-    "host_vec_forward 8", "host_vec_forward 9", "host_vec_forward 10", "host_vec_forward 11",
-    "host_vec_forward 12", "host_vec_forward 13", "host_vec_forward 14", "host_vec_forward 15",
-
-    ".balign 128",
+    ".global host_irq_entry",
     "host_irq_entry:",
     "sub sp, sp, #{frame}",
     "stp x0, x1, [sp, #0]",
