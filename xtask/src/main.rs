@@ -48,7 +48,9 @@ const USAGE: &str = "usage: cargo xtask <build|qemu|bench|test|hyp-image|guest-i
   bench   run the benchmarks under `-icount shift=0` (instructions, not time) and
           write docs/bench.md: bench [--cpu NAME] [--iterations N]
   test    fmt check, clippy (host + aarch64), cargo test (boot tests included), builds
-  guest-image  build the test guest's Image and print its path";
+  guest-image  build the test guest's Image and print its path
+  hyp-image    build el2 and turn it into the hyp image (target/hyp-image/el2.hypimg)
+  size    print both images' sizes and their alternative tables' entry counts";
 
 const TARGET: &str = "aarch64-unknown-none";
 const AARCH64_CRATES: [&str; 2] = ["el2", "el1-host"];

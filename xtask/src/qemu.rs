@@ -50,6 +50,9 @@ pub struct QemuConfig {
     pub initrd: Option<PathBuf>,
     /// `-icount shift=0`: one instruction per nanosecond of virtual time (benchmarks).
     pub icount: bool,
+    /// Boot at EL2 (`virtualization=on`, the hypervisor's case); `false` boots the image
+    /// at EL1 with QEMU's own PSCI (the test guest without the hypervisor).
+    pub virtualization: bool,
 }
 
 impl QemuConfig {
@@ -65,6 +68,7 @@ impl QemuConfig {
             gdb: false,
             initrd: None,
             icount: false,
+            virtualization: true,
         }
     }
 
@@ -77,9 +81,14 @@ impl QemuConfig {
         } else {
             self.cpu.clone()
         };
+        let machine = if self.virtualization {
+            "virt,virtualization=on,gic-version=3"
+        } else {
+            "virt,gic-version=3"
+        };
         let mut a: Vec<String> = [
             "-M",
-            "virt,virtualization=on,gic-version=3",
+            machine,
             "-cpu",
             &cpu,
             "-smp",

@@ -8,11 +8,10 @@
 #![warn(missing_docs)]
 
 use shared::guest_abi;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use xtask::qemu::{Outcome, QemuConfig};
 
 /// QEMU machines allowed at once (one limit for every QEMU test).
 pub use xtask::qemu::MAX_PARALLEL_QEMUS as MAX_PARALLEL;
@@ -47,43 +46,8 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
-/// QEMU's arguments for a bare EL1 boot of `image`.
-pub fn qemu_args(image: &Path, cpu: &str, smp: u32, append: Option<&str>) -> Vec<String> {
-    // `max` emulates pointer authentication with QARMA by default, several times slower
-    // under TCG than the implementation-defined algorithm.
-    let cpu = if cpu == "max" {
-        "max,pauth-impdef=on".to_string()
-    } else {
-        cpu.to_string()
-    };
-    let mut a: Vec<String> = [
-        "-M",
-        "virt,gic-version=3",
-        "-cpu",
-        &cpu,
-        "-smp",
-        &smp.to_string(),
-        "-m",
-        MEM,
-        "-nographic",
-        // No network card (see xtask::qemu: the default one needs an option ROM).
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-kernel",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(image.display().to_string());
-    if let Some(args) = append {
-        a.extend(["-append".to_string(), args.to_string()]);
-    }
-    a
-}
-
-/// Boots `image` on bare QEMU and collects its console until it powers off (or the
-/// timeout). Panics if QEMU cannot be started.
+/// Boots `image` on bare QEMU (at EL1, no hypervisor) and collects its console until it
+/// powers off (or the timeout). Panics if QEMU cannot be started.
 pub fn boot_image(image: &Path, cpu: &str, smp: u32, append: Option<&str>) -> Run {
     let what = format!(
         "guest on bare QEMU -cpu {cpu} -smp {smp}{}",
@@ -91,59 +55,22 @@ pub fn boot_image(image: &Path, cpu: &str, smp: u32, append: Option<&str>) -> Ru
             .map(|a| format!(" -append {a:?}"))
             .unwrap_or_default()
     );
-    let qemu = xtask::qemu::find_on_path(xtask::qemu::QEMU).unwrap_or_else(|| {
-        panic!(
-            "{}: {} is not installed (Debian/Ubuntu: apt-get install qemu-system-arm)",
-            what,
-            xtask::qemu::QEMU
-        )
-    });
+    let mut cfg = QemuConfig::new(image.to_path_buf());
+    cfg.cpu = cpu.into();
+    cfg.smp = smp;
+    cfg.mem = MEM.into();
+    cfg.append = append.map(str::to_string);
+    cfg.timeout = Some(BOOT_TIMEOUT);
+    cfg.virtualization = false;
     let _slot = xtask::qemu::QemuSlot::take();
     let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args(qemu_args(image, cpu, smp, append))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start QEMU: {e}"));
-    let pump = |r: Box<dyn std::io::Read + Send>, prefix: &'static str| {
-        std::thread::spawn(move || {
-            BufReader::new(r)
-                .split(b'\n')
-                .map_while(Result::ok)
-                .map(|l| {
-                    let s = String::from_utf8_lossy(&l).replace('\r', "");
-                    format!("{prefix}{s}")
-                })
-                .collect::<Vec<_>>()
-        })
-    };
-    let out = child.stdout.take().map(|o| pump(Box::new(o), ""));
-    let err = child.stderr.take().map(|e| pump(Box::new(e), "qemu: "));
-    let mut exited = false;
-    while start.elapsed() < BOOT_TIMEOUT {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            exited = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !exited {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
+    let report = xtask::qemu::run(&cfg, |_| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
     let elapsed = start.elapsed();
-    let collect = |h: Option<std::thread::JoinHandle<Vec<String>>>| {
-        h.and_then(|h| h.join().ok()).unwrap_or_default()
-    };
-    let mut lines = collect(out);
-    lines.extend(collect(err));
     eprintln!("{what}: {:.2} s", elapsed.as_secs_f64());
     Run {
         what,
-        lines,
-        exited,
+        lines: report.lines,
+        exited: !matches!(report.outcome, Outcome::TimedOut(_)),
         elapsed,
     }
 }
