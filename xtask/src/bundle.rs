@@ -84,7 +84,18 @@ pub fn encode(
     };
     launch::check_kernel(kernel, format, initrd.map(|i| i.len() as u64), guest_mem)
         .map_err(|e| e.to_string())?;
-    let initrd = initrd.unwrap_or(&[]);
+    assemble(&header, kernel, initrd.unwrap_or(&[]), append)
+}
+
+/// Lays out a bundle — header, kernel, initrd and command line, each padded as the
+/// format says — without checking the parts (tests use it to hand the host bundles that
+/// only the host's own checks refuse).
+pub fn assemble(
+    header: &Header,
+    kernel: &[u8],
+    initrd: &[u8],
+    append: &str,
+) -> Result<Vec<u8>, String> {
     let head = header
         .encode(kernel, initrd, append.as_bytes())
         .map_err(|e| e.to_string())?;

@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use xtask::bundle::format::{padding, Header};
+use xtask::bundle::format::Header;
 use xtask::qemu::{self, Outcome, QemuConfig, Report};
 use xtask::qemu::{ExitReason, STATUS_ERROR, STATUS_TIMEOUT};
 
@@ -55,11 +55,7 @@ fn raw_bundle(kernel: &[u8], append: &str, guest_mem: u64) -> Vec<u8> {
         timeout_secs: 30,
         flags: 0,
     };
-    let mut v = h.encode(kernel, &[], append.as_bytes()).unwrap().to_vec();
-    v.extend_from_slice(kernel);
-    v.resize(v.len() + padding(kernel.len() as u64), 0);
-    v.extend_from_slice(append.as_bytes());
-    v
+    xtask::bundle::assemble(&h, kernel, &[], append).unwrap()
 }
 
 struct Run {
