@@ -294,7 +294,13 @@ static IRQ_SETUP_FAILED: core::sync::atomic::AtomicUsize = core::sync::atomic::A
 /// Sets up the redistributor and CPU interface of every online CPU.
 fn init_host_irqs(have_gic: bool) -> bool {
     fn on_cpu(_: usize) {
-        if arch::gic::init_this_cpu(&[arch::timer::INTID]).is_err() {
+        if arch::gic::init_this_cpu(&[
+            arch::timer::INTID,
+            el1_host::vmm::vgic::INTID_VTIMER,
+            el1_host::vmm::vgic::INTID_MAINTENANCE,
+        ])
+        .is_err()
+        {
             IRQ_SETUP_FAILED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         }
     }

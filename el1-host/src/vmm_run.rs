@@ -29,6 +29,7 @@ use crate::arch::{barrier, cache, gic, irq, timer};
 use crate::hyp::vm::Vm;
 use crate::{println, smp};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use el1_host::layout::{LinearMap, PhysRange};
@@ -38,6 +39,8 @@ use el1_host::vmm::launch::{self, Launch};
 use el1_host::vmm::mmio::MmioBus;
 use el1_host::vmm::pl011::Pl011;
 use el1_host::vmm::psci::{ArchWorkarounds, Psci};
+use el1_host::vmm::timer as guest_timer;
+use el1_host::vmm::vgic::{GicdDevice, GicrDevice, SharedVgic, Vgic, INTID_PTIMER, INTID_VTIMER};
 use el1_host::vmm::{guest_image, map};
 use shared::guest_abi::bundle::{Bundle, Header};
 use shared::guest_abi::{self, ExitLine};
@@ -148,6 +151,9 @@ struct Shared {
     /// Physical-counter value at which the guest is stopped (`u64::MAX`: never).
     deadline: u64,
     tick: u64,
+    /// CNTVOFF_EL2 of every vCPU: the physical count when the VM was created, so the
+    /// guest's virtual count starts near zero (as KVM).
+    cntvoff: u64,
 }
 
 /// The running VM's shared state: a leaked `Box<Shared>` from [`run`] until every vCPU
@@ -175,6 +181,17 @@ impl Shared {
             }
         }
         end
+    }
+
+    /// Kicks the host CPUs of the vCPUs in `mask` (bit n = vCPU n) but `me`'s.
+    fn kick(&self, mask: u64, me: usize) {
+        for (v, &cpu) in self.host_cpus.iter().enumerate() {
+            if v != me && mask & (1 << v) != 0 {
+                if let Some(m) = smp::mpidr_of(cpu) {
+                    gic::send_sgi(gic::SGI_KICK, m);
+                }
+            }
+        }
     }
 
     fn start_vcpu(&self, vcpu: usize, entry: u64, context: u64) {
@@ -336,6 +353,26 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
     );
 
     let mut bus = MmioBus::new();
+    let vgic: SharedVgic = Arc::new(spin::Mutex::new(Vgic::new(&launch.mpidrs)));
+    // The virtual timer's interrupt is linked to its physical PPI (LR.HW).
+    vgic.lock().link_hw(INTID_VTIMER, INTID_VTIMER as u16);
+    let gicr_size = nvcpus as u64 * map::GICR_STRIDE;
+    for (base, size, dev) in [
+        (
+            map::GICD_BASE,
+            map::GICD_SIZE,
+            Box::new(GicdDevice(vgic.clone())) as Box<dyn el1_host::vmm::mmio::MmioDevice>,
+        ),
+        (
+            map::GICR_BASE,
+            gicr_size,
+            Box::new(GicrDevice(vgic.clone())),
+        ),
+    ] {
+        if let Err(e) = bus.add(base, size, dev) {
+            return refuse(&alloc::format!("{e}"));
+        }
+    }
     let pl011 = Pl011::new(Box::new(|line: &str| println!("guest {VM_ID}: {line}")));
     if let Err(e) = bus.add(map::PL011_BASE, map::PL011_SIZE, Box::new(pl011)) {
         return refuse(&alloc::format!("{e}"));
@@ -360,10 +397,12 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
     let boxed = Box::new(Shared {
         // The guest's ID registers: the host's sanitised ones, filtered to what the hyp
         // virtualises (TID3 traps every read to the VMM).
-        model: VmModel::new(VM_ID, psci, bus).with_id_regs(GuestIdRegs::from_final(
-            crate::cpufeature::final_caps(),
-            d.ipa_bits as u8,
-        )),
+        model: VmModel::new(VM_ID, psci, bus, vgic)
+            .with_clock(timer::now)
+            .with_id_regs(GuestIdRegs::from_final(
+                crate::cpufeature::final_caps(),
+                d.ipa_bits as u8,
+            )),
         vm,
         host_cpus: host_cpus[..nvcpus].to_vec(),
         mpidrs: launch.mpidrs.clone(),
@@ -376,6 +415,7 @@ pub fn run(found: Found, linear: &LinearMap) -> u32 {
             .collect(),
         deadline,
         tick: (freq / TICKS_PER_SEC_DIVISOR).max(1),
+        cntvoff: timer::now(),
     });
     let raw = Box::into_raw(boxed);
     SHARED.store(raw, Ordering::Release);
@@ -463,6 +503,7 @@ fn vcpu_thread_on(s: &Shared, v: usize) {
             mb.context.load(Ordering::Relaxed),
             s.mpidrs[v],
         );
+        ctx.cntvoff = s.cntvoff;
         s.model.psci.vcpu_started(v);
         if run_vcpu(s, v, &mut ctx) {
             timer::disarm();
@@ -487,13 +528,75 @@ fn check_deadline(s: &Shared) -> bool {
     true
 }
 
+/// The guest's timers and this host CPU's part of the vCPU's interrupt delivery.
+struct VcpuIrqs {
+    /// The physical virtual-timer PPI is active (set by the host for LR.HW).
+    phys_vtimer_active: bool,
+}
+
+/// Updates the timer lines of vCPU `v` at `now` and returns the earliest host-timer
+/// deadline its timers need (physical count).
+fn update_timers(s: &Shared, v: usize, ctx: &VcpuContext, now: u64) -> Option<u64> {
+    let vnow = now.wrapping_sub(s.cntvoff);
+    let (vctl, vcval) = (ctx.sys.cntv_ctl_el0, ctx.sys.cntv_cval_el0);
+    let ptimer = *s.model.ptimers[v].lock();
+    let mut g = s.model.vgic.lock();
+    g.set_level(v, INTID_VTIMER, guest_timer::level(vctl, vcval, vnow));
+    g.set_level(v, INTID_PTIMER, ptimer.level(now));
+    let vdeadline = guest_timer::deadline(vctl, vcval).map(|c| c.wrapping_add(s.cntvoff));
+    match (vdeadline, ptimer.deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// WFI: waits on the host until an interrupt for vCPU `v` is pending (the vGIC's
+/// check, which the guest's timers feed) or a kick or the tick arrives. Returns at once
+/// if one is pending already. A kick sent after the check is still pending at the GIC,
+/// so the WFI below returns: no wake-up is lost.
+fn wait_for_guest_interrupt(s: &Shared, v: usize, ctx: &VcpuContext) {
+    let now = timer::now();
+    let timers = update_timers(s, v, ctx, now);
+    if s.model.vgic.lock().has_pending(v, ctx.vgic.vmcr) {
+        return;
+    }
+    let tick = now.saturating_add(s.tick);
+    timer::arm_at(timers.map_or(tick, |t| t.min(tick)));
+    irq::wait_for_interrupt();
+}
+
 /// Runs vCPU `v` until it is off (false) or the VM ends (true).
 fn run_vcpu(s: &Shared, v: usize, ctx: &mut VcpuContext) -> bool {
+    let mut irqs = VcpuIrqs {
+        phys_vtimer_active: false,
+    };
+    let stop = run_vcpu_loop(s, v, ctx, &mut irqs);
+    if irqs.phys_vtimer_active {
+        gic::set_ppi_active(INTID_VTIMER, false);
+    }
+    stop
+}
+
+fn run_vcpu_loop(s: &Shared, v: usize, ctx: &mut VcpuContext, irqs: &mut VcpuIrqs) -> bool {
     loop {
         if s.model.ended().is_some() || !check_deadline(s) {
             return true;
         }
-        arm_tick(s.tick);
+        let now = timer::now();
+        // Only the lines matter here: while the guest runs, its virtual timer fires
+        // through the physical PPI, and the physical timer's deadline is armed below.
+        update_timers(s, v, ctx, now);
+        let flushed = s.model.vgic.lock().flush(v, &mut ctx.vgic);
+        let want = flushed.hw_ppis & (1 << INTID_VTIMER) != 0;
+        if want != irqs.phys_vtimer_active {
+            gic::set_ppi_active(INTID_VTIMER, want);
+            irqs.phys_vtimer_active = want;
+        }
+        // The tick bounds the run; the emulated physical timer's deadline ends it
+        // early (the virtual timer fires by itself through its physical PPI).
+        let tick = now.saturating_add(s.tick);
+        let ptimer = s.model.ptimers[v].lock().deadline();
+        timer::arm_at(ptimer.map_or(tick, |t| t.min(tick)));
         let exit = match s.vm.run_vcpu(ctx) {
             Ok(e) => e,
             Err(e) => {
@@ -502,15 +605,20 @@ fn run_vcpu(s: &Shared, v: usize, ctx: &mut VcpuContext) -> bool {
                 return true;
             }
         };
-        match s.model.handle_exit(v, ctx, exit) {
+        // A hardware-linked interrupt the guest deactivated took its physical PPI's
+        // active state with it.
+        irqs.phys_vtimer_active = s.model.vgic.lock().sync(v, &ctx.vgic) & (1 << INTID_VTIMER) != 0;
+        let step = s.model.handle_exit(v, ctx, exit);
+        let kicks = s.model.vgic.lock().take_kicks();
+        s.kick(kicks, v);
+        match step {
             Step::Resume => {}
             Step::HostIrq => irq::window(),
-            Step::Wait { wfe } => {
-                if wfe {
-                    timer::arm_in((s.tick / (WFE_DIVISOR / TICKS_PER_SEC_DIVISOR)).max(1));
-                }
+            Step::Wait { wfe: true } => {
+                timer::arm_in((s.tick / (WFE_DIVISOR / TICKS_PER_SEC_DIVISOR)).max(1));
                 irq::wait_for_interrupt();
             }
+            Step::Wait { wfe: false } => wait_for_guest_interrupt(s, v, ctx),
             Step::Start {
                 vcpu,
                 entry,

@@ -13,6 +13,7 @@
 //! | `sysreg.rs` | the few system-register accesses and barriers the Rust code needs |
 //! | `vm.rs` | the VM table, the VM hypercalls, host-memory checks, guest stage-2 tables |
 //! | `switch.rs` | the world switch: EL1/EL2 state of host and guest, exit decoding |
+//! | `vgic.rs` | the virtual GIC CPU interface around a guest run (list registers, VMCR, APRs, ICH_HCR) |
 //! | `switch_asm.rs` | `__guest_enter`/`__guest_exit` (general and FP/SIMD registers) and the guest vectors |
 //!
 //! The hyp holds no capability state: every cap check is an alternative site (a
@@ -39,6 +40,7 @@ mod percpu;
 mod switch;
 mod switch_asm;
 mod sysreg;
+mod vgic;
 mod vm;
 
 use core::panic::PanicInfo;

@@ -5,7 +5,8 @@
 //! Order on entry: pending injection → save host EL1 registers and the EL2 registers
 //! the switch changes → (SPECULATIVE_AT: the live host stage 1 stops walking) → stage 2
 //! (VTCR, VTTBR) and the guest HCR_EL2 → guest EL1 registers (SCTLR and TCR last, in
-//! the erratum's order) → timer, PAuth keys, VMPIDR, vectors, ELR/SPSR → ERET.
+//! the erratum's order) → timer, PAuth keys, VMPIDR, CNTVOFF, the virtual GIC CPU
+//! interface (`vgic.rs`), vectors, ELR/SPSR → ERET.
 //! On exit the same in reverse; the guest's virtual timer is disabled once saved, so it
 //! cannot fire into the host.
 //!
@@ -30,6 +31,7 @@
 
 use crate::percpu;
 use crate::switch_asm::{self, vector};
+use crate::vgic;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use shared::cpucaps::Cap;
@@ -250,6 +252,7 @@ struct HostEl2 {
     vttbr: u64,
     vtcr: u64,
     sp_el1: u64,
+    cntvoff: u64,
 }
 
 /// Writes an injection computed by `shared::vcpu::prepare_entry` into the guest's EL1
@@ -284,6 +287,7 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
         vttbr: rd!("vttbr_el2"),
         vtcr: rd!("vtcr_el2"),
         sp_el1: rd!("sp_el1"),
+        cntvoff: rd!("cntvoff_el2"),
     };
     let mut host_el1 = GuestSysRegs::default();
     save_el1(&mut host_el1);
@@ -330,6 +334,8 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
     }
     load_sctlr_tcr(&ctx.sys);
     wr!("vmpidr_el2", ctx.vmpidr | MPIDR_RES1);
+    wr!("cntvoff_el2", ctx.cntvoff);
+    let gic = cap_likely!(Cap::HasSysregGicCpuif).then(|| vgic::load(&ctx.vgic));
     wr!("elr_el2", entry.pc);
     wr!("spsr_el2", entry.pstate);
     let guest_vectors: u64;
@@ -364,6 +370,10 @@ pub fn run(ctx: &mut VcpuContext, entry: &GuestEntry, vttbr: u64, vtcr: u64) -> 
     }
     // The guest's virtual timer must not fire into the host; its state is saved.
     wr!("cntv_ctl_el0", 0);
+    wr!("cntvoff_el2", host.cntvoff);
+    if let Some(loaded) = &gic {
+        vgic::save(&mut ctx.vgic, loaded);
+    }
 
     fence_stage1_walks();
     wr!("hcr_el2", host.hcr);

@@ -17,6 +17,7 @@
 //! | [`exit`] | the typed guest exit record: decoding from ESR/FAR/HPFAR and its wire form |
 //! | [`stage2`] | stage-2 parameters: VTCR_EL2, VTTBR_EL2, table geometry, descriptor attributes |
 //! | [`vcpu`] | the guest ABI: vCPU context, VM calls' argument rules, abort injection |
+//! | [`vgic`] | the virtual GIC CPU interface the host and the hyp share: list registers, ICH_* state, SGI decoding |
 //! | [`guest_abi`] | how a guest reports its status, the exit line, the guest bundle xtask hands the host |
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -34,3 +35,4 @@ pub mod patch;
 pub mod stage2;
 pub mod va_layout;
 pub mod vcpu;
+pub mod vgic;

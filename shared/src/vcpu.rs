@@ -77,6 +77,7 @@
 use crate::exit::{Exit, ExitRecord, ExitRecordError};
 use crate::hypercall::{is_linear_va, HcallError};
 use crate::stage2::Stage2Geometry;
+use crate::vgic::VgicCpuIf;
 
 /// The general-purpose state of a vCPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,6 +242,12 @@ pub struct VcpuContext {
     pub running: u64,
     /// The last exit.
     pub exit: LastExit,
+    /// The virtual GIC CPU interface (list registers, VMCR, active priorities).
+    pub vgic: VgicCpuIf,
+    /// CNTVOFF_EL2 while the guest runs: the VM's virtual-counter offset (the host
+    /// writes the same value into every vCPU of a VM, so its virtual count starts near
+    /// zero, as KVM does).
+    pub cntvoff: u64,
 }
 
 /// SCTLR_EL1 RES1 bits (11, 20, 22, 23, 28, 29): a guest's reset value, MMU off.
@@ -333,6 +340,10 @@ pub mod offset {
     pub const RUNNING: usize = offset_of!(VcpuContext, running);
     /// `exit`.
     pub const EXIT: usize = offset_of!(VcpuContext, exit);
+    /// `vgic`.
+    pub const VGIC: usize = offset_of!(VcpuContext, vgic);
+    /// `cntvoff`.
+    pub const CNTVOFF: usize = offset_of!(VcpuContext, cntvoff);
     /// Offset of `v` within [`FpRegs`] (the switch assembly's FP block pointer).
     pub const FP_BLOCK_V0: usize = offset_of!(FpRegs, v);
     /// Offset of `fpsr` within [`FpRegs`].
@@ -353,7 +364,9 @@ const _: () = {
     assert!(o::PTRAUTH == 1008 && o::VMPIDR == 1088 && o::INJECT == 1096);
     assert!(o::RUNNING == 1112 && o::EXIT == 1120);
     assert!(core::mem::size_of::<LastExit>() == 56);
-    assert!(VCPU_CONTEXT_SIZE == 1184);
+    assert!(core::mem::size_of::<crate::vgic::VgicCpuIf>() == 30 * 8);
+    assert!(o::VGIC == 1176 && o::CNTVOFF == 1416);
+    assert!(VCPU_CONTEXT_SIZE == 1424);
     assert!(core::mem::align_of::<VcpuContext>() == 16);
     assert!(core::mem::size_of::<FpRegs>() == 528);
 };

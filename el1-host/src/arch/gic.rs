@@ -51,6 +51,8 @@ mod gicr {
     pub const ISENABLER0: usize = SGI_BASE + 0x0100;
     pub const ICENABLER0: usize = SGI_BASE + 0x0180;
     pub const ICPENDR0: usize = SGI_BASE + 0x0280;
+    pub const ISACTIVER0: usize = SGI_BASE + 0x0300;
+    pub const ICACTIVER0: usize = SGI_BASE + 0x0380;
     pub const IPRIORITYR: usize = SGI_BASE + 0x0400;
     pub const ICFGR1: usize = SGI_BASE + 0x0c04;
     /// TYPER: this is the last redistributor of the region.
@@ -245,12 +247,44 @@ fn my_redistributor() -> Result<Frame, GicError> {
     Err(GicError::NoRedistributor { mpidr })
 }
 
+/// Each CPU's redistributor base (VA), by the CPU's Aff0 (QEMU virt: < 16 per
+/// cluster, one cluster in the models used here); 0 = not found yet.
+static MY_RD: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+
+/// This CPU's redistributor, from the cache [`init_this_cpu`] filled.
+fn my_redistributor_cached() -> Result<Frame, GicError> {
+    let aff0 = (super::sysreg::mpidr_el1() & 0xf) as usize;
+    match MY_RD[aff0].load(Ordering::Relaxed) {
+        0 => my_redistributor(),
+        base => Ok(Frame { base }),
+    }
+}
+
+/// Sets (or clears) the active state of PPI `intid` at this CPU's redistributor. The
+/// VMM keeps the physical virtual-timer PPI active while the guest's virtual timer
+/// interrupt sits in a list register linked to it (LR.HW): it cannot fire again until
+/// the guest deactivates the virtual one, which deactivates the physical one.
+pub fn set_ppi_active(intid: u32, active: bool) {
+    if !(16..32).contains(&intid) {
+        return;
+    }
+    if let Ok(r) = my_redistributor_cached() {
+        let reg = if active {
+            gicr::ISACTIVER0
+        } else {
+            gicr::ICACTIVER0
+        };
+        r.write32(reg, 1 << intid);
+    }
+}
+
 /// Sets up this CPU: wakes its redistributor, makes the SGIs and PPIs Group 1 with
 /// [`PRIORITY`], enables only [`SGI_KICK`] and the PPIs in `ppis`, and turns on the
 /// system-register CPU interface (priority mask [`PMR`], EOI drops priority and
 /// deactivates, Group 1 enabled). Interrupts stay masked in PSTATE.
 pub fn init_this_cpu(ppis: &[u32]) -> Result<(), GicError> {
     let r = my_redistributor()?;
+    MY_RD[(super::sysreg::mpidr_el1() & 0xf) as usize].store(r.base, Ordering::Relaxed);
     let waker = r.read32(gicr::WAKER);
     r.write32(gicr::WAKER, waker & !gicr::WAKER_PROCESSOR_SLEEP);
     wait_for("GICR_WAKER.ChildrenAsleep", || {

@@ -20,6 +20,7 @@
 //! | --- | --- | --- |
 //! | [`gic::SGI_KICK`](super::gic::SGI_KICK) | another CPU wants this one to look at its mailbox | counts it; the waking is the point |
 //! | [`timer::INTID`](super::timer::INTID) | the host's tick | disarms the one-shot timer |
+//! | 27, 25 | the guest's virtual timer (physical PPI) and the GIC maintenance interrupt: they only end a guest run | counted |
 //! | anything else | not enabled by the host | counted as unexpected and disabled nowhere else: EOI only |
 //!
 //! Nothing here prints: an interrupted CPU may hold the console lock.
@@ -33,6 +34,9 @@ pub struct IrqCounts {
     pub kicks: AtomicU64,
     /// Timer ticks.
     pub ticks: AtomicU64,
+    /// The guest's interrupts taken by the host: the virtual timer's physical PPI and
+    /// the GIC maintenance interrupt (both end a guest run; the VMM acts on the exit).
+    pub guest: AtomicU64,
     /// Interrupts the host did not expect.
     pub unexpected: AtomicU64,
 }
@@ -41,6 +45,7 @@ pub struct IrqCounts {
 pub static COUNTS: IrqCounts = IrqCounts {
     kicks: AtomicU64::new(0),
     ticks: AtomicU64::new(0),
+    guest: AtomicU64::new(0),
     unexpected: AtomicU64::new(0),
 };
 
@@ -61,6 +66,9 @@ pub extern "C" fn handle_pending() -> u64 {
             timer::INTID => {
                 timer::on_interrupt();
                 COUNTS.ticks.fetch_add(1, Ordering::Relaxed);
+            }
+            el1_host::vmm::vgic::INTID_VTIMER | el1_host::vmm::vgic::INTID_MAINTENANCE => {
+                COUNTS.guest.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 COUNTS.unexpected.fetch_add(1, Ordering::Relaxed);

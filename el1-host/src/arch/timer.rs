@@ -56,6 +56,16 @@ pub fn arm_in(ticks: u64) {
     write_ctl(CTL_ENABLE);
 }
 
+/// Fires the timer interrupt when the physical count reaches `cval` (at once if it
+/// has), replacing any earlier one.
+pub fn arm_at(cval: u64) {
+    // SAFETY: as for `write_ctl`; CNTP_CVAL_EL0 is this CPU's compare value.
+    unsafe {
+        core::arch::asm!("msr cntp_cval_el0, {}", in(reg) cval, options(nomem, nostack, preserves_flags))
+    };
+    write_ctl(CTL_ENABLE);
+}
+
 /// Whether the timer is armed (enabled and not yet fired-and-disabled).
 #[inline(always)]
 pub fn armed() -> bool {

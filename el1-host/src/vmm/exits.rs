@@ -9,7 +9,7 @@
 //! | MMIO | the [`MmioBus`]; a load's value goes to its register; PC + 4. An access no device accepts gets a synchronous external abort injected at the guest's faulting address (FAR) |
 //! | data / instruction abort | synchronous external abort injected (the hyp builds ESR/FAR/ELR as hardware would) |
 //! | WFI / WFE | PC + 4, then the host waits ([`Step::Wait`]) |
-//! | system register | [`sysreg_action`]: group-3 ID registers read the filtered view ([`super::idregs`]), writes to them and IMPLEMENTATION DEFINED registers (`TIDCP`) get an Undefined Instruction; ACTLR_EL1, the set/way cache operations and the EL1 physical timer read as zero / ignore writes (reported, the first few); PMU/SPE registers get an Undefined Instruction (no PMU shown); debug registers: MDSCR_EL1 is the context's, OSLSR_EL1 reads "unlocked", the rest read as zero / ignore writes (breakpoints not virtualised yet); any other trapped encoding gets an Undefined Instruction |
+//! | system register | [`sysreg_action`]: group-3 ID registers read the filtered view ([`super::idregs`]), writes to them and IMPLEMENTATION DEFINED registers (`TIDCP`) get an Undefined Instruction; ACTLR_EL1 and the set/way cache operations read as zero / ignore writes (reported, the first few); the EL1 physical timer is emulated ([`super::timer`]); ICC_SGI1R/ASGI1R/SGI0R_EL1 writes raise SGIs in the [`super::vgic`]; ICC_SRE_EL1 reads SRE|DFB|DIB and ignores writes; PMU/SPE registers get an Undefined Instruction (no PMU shown); debug registers: MDSCR_EL1 is the context's, OSLSR_EL1 reads "unlocked", the rest read as zero / ignore writes (breakpoints not virtualised yet); any other trapped encoding gets an Undefined Instruction |
 //! | IRQ | [`Step::HostIrq`]: the host handles its interrupt and checks its deadlines |
 //! | unknown: EC 0x00, SVE (0x19), SME (0x1D) | Undefined Instruction injected, as the hardware of the CPU the guest is shown (no SVE/SME) would raise |
 //! | SError, any other unknown class | the VM ends with reason `abort` |
@@ -22,6 +22,9 @@
 use super::idregs::{self, GuestIdRegs};
 use super::mmio::{MmioBus, MmioOutcome};
 use super::psci::{Psci, PsciAction};
+use super::timer::{PhysTimer, PhysTimerReg};
+use super::vgic::{SharedVgic, INTID_PTIMER};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use shared::exit::{esr as esr_fields, AbortCause, Exit, SysRegAccess};
 use shared::guest_abi::{
@@ -107,11 +110,22 @@ pub struct VmModel {
     sysreg_reports: AtomicU32,
     fault_reports: AtomicU64,
     id_regs: GuestIdRegs,
+    /// The virtual GIC (its distributor and redistributors are also on `bus`).
+    pub vgic: SharedVgic,
+    /// Each vCPU's emulated EL1 physical timer.
+    pub ptimers: Vec<spin::Mutex<PhysTimer>>,
+    clock: fn() -> u64,
+}
+
+fn no_clock() -> u64 {
+    0
 }
 
 impl VmModel {
-    /// A VM with these vCPUs' PSCI states and devices.
-    pub fn new(id: u32, psci: Psci, bus: MmioBus) -> Self {
+    /// A VM with these vCPUs' PSCI states, devices and virtual GIC (one vCPU per
+    /// redistributor).
+    pub fn new(id: u32, psci: Psci, bus: MmioBus, vgic: SharedVgic) -> Self {
+        let nvcpus = vgic.lock().vcpus();
         Self {
             id,
             psci,
@@ -121,7 +135,19 @@ impl VmModel {
             sysreg_reports: AtomicU32::new(0),
             fault_reports: AtomicU64::new(0),
             id_regs: GuestIdRegs::default(),
+            vgic,
+            ptimers: (0..nvcpus)
+                .map(|_| spin::Mutex::new(PhysTimer::default()))
+                .collect(),
+            clock: no_clock,
         }
+    }
+
+    /// The same VM reading the physical count with `clock` (the emulated physical
+    /// timer compares against it); without it the count reads 0.
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The same VM with the guest ID-register view `id_regs` (normally
@@ -256,6 +282,28 @@ impl VmModel {
                             ctx.set_reg(s.rt, ctx.sys.mdscr_el1);
                         } else {
                             ctx.sys.mdscr_el1 = ctx.reg(s.rt);
+                        }
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
+                    SysRegAction::Sgi { group1 } => {
+                        self.vgic.lock().send_sgi(vcpu, ctx.reg(s.rt), group1);
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
+                    SysRegAction::IgnoreWrite => {
+                        ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
+                    }
+                    SysRegAction::PhysTimer(reg) => {
+                        let now = (self.clock)();
+                        if let Some(t) = self.ptimers.get(vcpu) {
+                            let mut t = t.lock();
+                            if s.read {
+                                ctx.set_reg(s.rt, t.read(reg, now));
+                            } else {
+                                t.write(reg, ctx.reg(s.rt), now);
+                            }
+                            // The output follows the registers at once (a guest that
+                            // reprograms its deadline drops a pending interrupt).
+                            self.vgic.lock().set_level(vcpu, INTID_PTIMER, t.level(now));
                         }
                         ctx.gpr.pc = ctx.gpr.pc.wrapping_add(exit.pc_advance());
                     }
@@ -439,7 +487,21 @@ pub enum SysRegAction {
     /// gives the context's `mdscr_el1`, a write stores into it (the world switch loads
     /// it into the hardware on the next entry); PC + 4.
     Mdscr,
+    /// ICC_SGI1R_EL1 (`group1`), ICC_ASGI1R_EL1 or ICC_SGI0R_EL1 written: the VMM
+    /// raises the SGI on its targets; PC + 4. (Trapped by HCR_EL2.IMO.)
+    Sgi {
+        /// Group-1 SGIs may be raised (only ICC_SGI1R_EL1).
+        group1: bool,
+    },
+    /// A write that has no effect, done silently (ICC_SRE_EL1: SRE is fixed); PC + 4.
+    IgnoreWrite,
+    /// The EL1 physical timer (CNTP_TVAL/CTL/CVAL_EL0), emulated per vCPU; PC + 4.
+    PhysTimer(PhysTimerReg),
 }
+
+/// ICC_SRE_EL1 as a guest reads it: SRE, DFB, DIB set (the system-register interface is
+/// the only one; IRQ and FIQ bypass disabled), as KVM's GICv3 reports it.
+pub const ICC_SRE_EL1_GUEST: u64 = 0x7;
 
 /// MDSCR_EL1: op0 2, op1 0, CRn 0, CRm 2, op2 2.
 const MDSCR_EL1: (u8, u8, u8, u8, u8) = (2, 0, 0, 2, 2);
@@ -465,10 +527,15 @@ fn is_pmu_or_spe(s: &SysRegAccess) -> bool {
 ///   UNDEFINED (they are read-only);
 /// * IMPLEMENTATION DEFINED encodings (`HCR_EL2.TIDCP`: op0 = 1 or 3 with CRn = 11 or
 ///   15): UNDEFINED — the guest is not told which core it runs on well enough to use them;
-/// * ACTLR_EL1 (`TACR`), the data-cache set/way operations (`TSW`: DC ISW/CSW/CISW) and
-///   the EL1 physical timer CNTP_TVAL/CTL/CVAL_EL0 (`CNTHCTL_EL2.EL1PCEN` clear):
+/// * ACTLR_EL1 (`TACR`) and the data-cache set/way operations (`TSW`: DC ISW/CSW/CISW):
 ///   architecturally present, so read as zero and ignore writes (set/way operations are
 ///   not needed: guest RAM is coherent normal memory);
+/// * the EL1 physical timer CNTP_TVAL/CTL/CVAL_EL0 (`CNTHCTL_EL2.EL1PCEN` clear):
+///   emulated per vCPU ([`SysRegAction::PhysTimer`]), as KVM does in nVHE;
+/// * ICC_SGI1R_EL1, ICC_ASGI1R_EL1, ICC_SGI0R_EL1 (trapped by `HCR_EL2.IMO`): writes
+///   raise SGIs ([`SysRegAction::Sgi`]), reads are UNDEFINED (write-only registers);
+///   ICC_SRE_EL1 (`ICC_SRE_EL2.Enable` clear): reads [`ICC_SRE_EL1_GUEST`], writes are
+///   ignored;
 /// * PMU and SPE registers (`MDCR_EL2.TPM`/`TPMCR`/`TPMS`): UNDEFINED, as on a CPU
 ///   without them — the guest's ID_AA64DFR0_EL1 shows PMUVer = PMSVer = 0;
 /// * debug registers (op0 = 2, op1 = 0 or 3; `MDCR_EL2.TDA`/`TDOSA`/`TDRA`): MDSCR_EL1
@@ -492,6 +559,28 @@ pub fn sysreg_action(id: &GuestIdRegs, s: &SysRegAccess) -> SysRegAction {
     if is_pmu_or_spe(s) {
         return SysRegAction::Undef;
     }
+    match (s.op0, s.op1, s.crn, s.crm, s.op2) {
+        (3, 0, 12, 11, op2 @ 5..=7) => {
+            return if s.read {
+                SysRegAction::Undef
+            } else {
+                SysRegAction::Sgi { group1: op2 == 5 }
+            };
+        }
+        (3, 0, 12, 12, 5) => {
+            return if s.read {
+                SysRegAction::Read(ICC_SRE_EL1_GUEST)
+            } else {
+                SysRegAction::IgnoreWrite
+            };
+        }
+        (3, 3, 14, 2, op2) => {
+            if let Some(reg) = PhysTimerReg::from_op2(op2) {
+                return SysRegAction::PhysTimer(reg);
+            }
+        }
+        _ => {}
+    }
     if s.op0 == 2 && matches!(s.op1, 0 | 3) {
         let reg = (s.op0, s.op1, s.crn, s.crm, s.op2);
         return if reg == MDSCR_EL1 {
@@ -510,10 +599,9 @@ pub fn sysreg_action(id: &GuestIdRegs, s: &SysRegAccess) -> SysRegAction {
         && matches!(s.crm, 6 | 10 | 14)
         && s.op2 == 2
         && !s.read;
-    let el1_ptimer = (s.op0, s.op1, s.crn, s.crm) == (3, 3, 14, 2) && s.op2 <= 2;
     if impdef {
         SysRegAction::Undef
-    } else if actlr || set_way || el1_ptimer {
+    } else if actlr || set_way {
         SysRegAction::RazWi
     } else {
         SysRegAction::Undef
@@ -545,6 +633,7 @@ mod tests {
     use crate::vmm::map;
     use crate::vmm::pl011::Pl011;
     use crate::vmm::psci::ArchWorkarounds;
+    use crate::vmm::vgic::Vgic;
     use shared::exit::{AccessWidth, MmioAccess, SysRegAccess};
     use shared::vcpu::INJECT_NONE;
     use smccc::psci::{
@@ -574,7 +663,8 @@ mod tests {
             ArchWorkarounds::default(),
         )
         .unwrap();
-        (VmModel::new(0, psci, bus), lines)
+        let gic: SharedVgic = Arc::new(spin::Mutex::new(Vgic::new(&mpidrs)));
+        (VmModel::new(0, psci, bus, gic).with_clock(|| 5000), lines)
     }
 
     fn ctx() -> VcpuContext {
@@ -901,18 +991,44 @@ mod tests {
             rt: 0,
             read,
         };
-        // ACTLR_EL1, DC CISW, CNTP_CTL/CVAL/TVAL_EL0: present, RAZ/WI.
+        // ACTLR_EL1, DC CISW: present, RAZ/WI.
         for a in [
             acc(3, 0, 1, 0, 1, true),
             acc(3, 0, 1, 0, 1, false),
             acc(1, 0, 7, 14, 2, false),
             acc(1, 0, 7, 6, 2, false),
-            acc(3, 3, 14, 2, 1, false),
-            acc(3, 3, 14, 2, 2, true),
-            acc(3, 3, 14, 2, 0, true),
         ] {
             assert_eq!(sysreg_action(&v, &a), SysRegAction::RazWi, "{a:?}");
         }
+        // CNTP_CTL/CVAL/TVAL_EL0: emulated.
+        for (a, reg) in [
+            (acc(3, 3, 14, 2, 1, false), PhysTimerReg::Ctl),
+            (acc(3, 3, 14, 2, 2, true), PhysTimerReg::Cval),
+            (acc(3, 3, 14, 2, 0, true), PhysTimerReg::Tval),
+        ] {
+            assert_eq!(sysreg_action(&v, &a), SysRegAction::PhysTimer(reg), "{a:?}");
+        }
+        // ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 / ICC_SGI0R_EL1 writes; reads are UNDEFINED.
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 12, 11, 5, false)),
+            SysRegAction::Sgi { group1: true }
+        );
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 12, 11, 7, false)),
+            SysRegAction::Sgi { group1: false }
+        );
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 12, 11, 5, true)),
+            SysRegAction::Undef
+        );
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 12, 12, 5, true)),
+            SysRegAction::Read(ICC_SRE_EL1_GUEST)
+        );
+        assert_eq!(
+            sysreg_action(&v, &acc(3, 0, 12, 12, 5, false)),
+            SysRegAction::IgnoreWrite
+        );
         // IMPLEMENTATION DEFINED space (CRn 11/15, op0 1 or 3), unknown encodings,
         // ID writes: UNDEF.
         for a in [
@@ -929,6 +1045,55 @@ mod tests {
             sysreg_action(&v, &acc(3, 0, 0, 4, 0, true)),
             SysRegAction::Read(v.read(idregs::enc::PFR0).unwrap())
         );
+    }
+
+    fn sysreg(op1: u8, crn: u8, crm: u8, op2: u8, rt: u8, read: bool) -> Exit {
+        Exit::SysReg(SysRegAccess {
+            op0: 3,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt,
+            read,
+        })
+    }
+
+    #[test]
+    fn a_guest_sgi_write_raises_the_sgi_on_its_targets() {
+        let (m, _) = vm(2);
+        let mut c = ctx();
+        // SGI 5 to Aff0 {0, 1}: both vCPUs, the sender included.
+        c.gpr.x[3] = (5 << 24) | 0b11;
+        assert_eq!(
+            m.handle_exit(1, &mut c, sysreg(0, 12, 11, 5, 3, false)),
+            Step::Resume
+        );
+        assert_eq!(c.gpr.pc, PC + 4);
+        let g = m.vgic.lock();
+        assert!(g.irq(0, 5).unwrap().pending() && g.irq(1, 5).unwrap().pending());
+    }
+
+    #[test]
+    fn the_emulated_physical_timer_drives_ppi_30() {
+        let (m, _) = vm(1);
+        let mut c = ctx();
+        // CVAL = 4000 (the clock reads 5000), then ENABLE: the interrupt is up.
+        c.gpr.x[1] = 4000;
+        m.handle_exit(0, &mut c, sysreg(3, 14, 2, 2, 1, false));
+        c.gpr.x[1] = 1;
+        m.handle_exit(0, &mut c, sysreg(3, 14, 2, 1, 1, false));
+        assert!(m.vgic.lock().irq(0, INTID_PTIMER).unwrap().level);
+        m.handle_exit(0, &mut c, sysreg(3, 14, 2, 1, 2, true));
+        assert_eq!(c.gpr.x[2], 0b101, "ENABLE | ISTATUS");
+        // TVAL = 100: the deadline moves past now and the line drops.
+        c.gpr.x[1] = 100;
+        m.handle_exit(0, &mut c, sysreg(3, 14, 2, 0, 1, false));
+        assert!(!m.vgic.lock().irq(0, INTID_PTIMER).unwrap().level);
+        assert_eq!(m.ptimers[0].lock().deadline(), Some(5100));
+        // ICC_SRE_EL1 reads SRE|DFB|DIB.
+        m.handle_exit(0, &mut c, sysreg(0, 12, 12, 5, 4, true));
+        assert_eq!(c.gpr.x[4], ICC_SRE_EL1_GUEST);
     }
 
     #[test]
@@ -970,7 +1135,7 @@ mod tests {
         // The timer registers next to them in CRn 14 are not PMU registers.
         assert_eq!(
             sysreg_action(&v, &acc(3, 14, 2, 1, true)),
-            SysRegAction::RazWi
+            SysRegAction::PhysTimer(PhysTimerReg::Ctl)
         );
     }
 

@@ -12,6 +12,8 @@
 //! | [`guest_dtb`] | generating the guest's device tree |
 //! | [`launch`] | from a guest bundle to vCPUs, guest RAM layout and device tree |
 //! | [`exits`] | what the VMM does with each guest exit (the run loop's decisions) |
+//! | [`timer`] | the guest's timers: virtual-timer level and deadline, the emulated EL1 physical timer |
+//! | [`vgic`] | the virtual GICv3: the interrupt model, distributor and redistributor registers, list-register flush/sync |
 //! | [`idregs`] | the ID registers a guest is shown: a filtered copy of the host's sanitised ones |
 //!
 //! The guest's physical map mirrors QEMU's `virt` board ([`map`]), so a kernel built for
@@ -25,6 +27,8 @@ pub mod launch;
 pub mod mmio;
 pub mod pl011;
 pub mod psci;
+pub mod timer;
+pub mod vgic;
 
 /// The guest physical (IPA) map: QEMU `virt`'s addresses.
 pub mod map {
