@@ -535,7 +535,9 @@ struct VcpuIrqs {
 }
 
 /// Updates the timer lines of vCPU `v` at `now` and returns the earliest host-timer
-/// deadline its timers need (physical count).
+/// deadline its timers need (physical count). A deadline that has passed needs no
+/// wake-up (its line is up already); arming the host timer for it would only make it
+/// fire again and again.
 fn update_timers(s: &Shared, v: usize, ctx: &VcpuContext, now: u64) -> Option<u64> {
     let vnow = now.wrapping_sub(s.cntvoff);
     let (vctl, vcval) = (ctx.sys.cntv_ctl_el0, ctx.sys.cntv_cval_el0);
@@ -544,10 +546,11 @@ fn update_timers(s: &Shared, v: usize, ctx: &VcpuContext, now: u64) -> Option<u6
     g.set_level(v, INTID_VTIMER, guest_timer::level(vctl, vcval, vnow));
     g.set_level(v, INTID_PTIMER, ptimer.level(now));
     let vdeadline = guest_timer::deadline(vctl, vcval).map(|c| c.wrapping_add(s.cntvoff));
-    match (vdeadline, ptimer.deadline()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    [vdeadline, ptimer.deadline()]
+        .into_iter()
+        .flatten()
+        .filter(|&d| d > now)
+        .min()
 }
 
 /// WFI: waits on the host until an interrupt for vCPU `v` is pending (the vGIC's
@@ -583,20 +586,18 @@ fn run_vcpu_loop(s: &Shared, v: usize, ctx: &mut VcpuContext, irqs: &mut VcpuIrq
             return true;
         }
         let now = timer::now();
-        // Only the lines matter here: while the guest runs, its virtual timer fires
-        // through the physical PPI, and the physical timer's deadline is armed below.
-        update_timers(s, v, ctx, now);
+        let timers = update_timers(s, v, ctx, now);
         let flushed = s.model.vgic.lock().flush(v, &mut ctx.vgic);
         let want = flushed.hw_ppis & (1 << INTID_VTIMER) != 0;
         if want != irqs.phys_vtimer_active {
             gic::set_ppi_active(INTID_VTIMER, want);
             irqs.phys_vtimer_active = want;
         }
-        // The tick bounds the run; the emulated physical timer's deadline ends it
-        // early (the virtual timer fires by itself through its physical PPI).
+        // The tick bounds the run; a timer deadline ends it early (the virtual
+        // timer would fire by itself through its physical PPI, unless that is held
+        // active; waking for it too costs one exit at most).
         let tick = now.saturating_add(s.tick);
-        let ptimer = s.model.ptimers[v].lock().deadline();
-        timer::arm_at(ptimer.map_or(tick, |t| t.min(tick)));
+        timer::arm_at(timers.map_or(tick, |t| t.min(tick)));
         let exit = match s.vm.run_vcpu(ctx) {
             Ok(e) => e,
             Err(e) => {

@@ -142,6 +142,9 @@ fn test_guest_bundle(name: &str, append: &str, timeout_secs: u32) -> PathBuf {
     xtask::bundle::write(&spec, &out).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// The test guest's interrupt checks (`tests/guest/src/irq.rs`).
+const IRQ_CHECKS: usize = 8;
+
 fn check_test_guest(cpu: &str, smp: u32) {
     let bundle = test_guest_bundle(&format!("ok-{cpu}-{smp}"), "", GUEST_TIMEOUT_SECS);
     let r = boot("test guest", cpu, smp, bundle);
@@ -197,6 +200,15 @@ fn check_test_guest(cpu: &str, smp: u32) {
     ] {
         assert!(r.has(line), "{}: no {line:?}\n{}", r.what, r.transcript());
     }
+    // The interrupt checks ran against the virtual GIC and every one passed: GIC
+    // identification, SGI to self, priority mask, active state, both timers, WFI.
+    assert_eq!(
+        r.count("guest 0: irq: ", " ok"),
+        IRQ_CHECKS,
+        "{}: irq lines\n{}",
+        r.what,
+        r.transcript()
+    );
     if cpu == "max" {
         assert!(
             r.has("SVE=0 (want 0 under the hypervisor) ok"),

@@ -173,6 +173,11 @@ const VECTOR_ORIGINS: [&str; 4] = [
 
 /// Called by the vectors with the vector number (0–15) and the saved frame.
 extern "C" fn handle(vector: u64, frame: &mut Frame) {
+    // IRQ from the current EL (SP_ELx): the interrupt checks' handler.
+    if vector == 5 {
+        crate::irq::on_irq();
+        return;
+    }
     let esr = arch::esr();
     let far = arch::far();
     // Only a synchronous exception from this EL can be one the tests caused.

@@ -35,6 +35,8 @@ mod exceptions;
 #[cfg(target_os = "none")]
 mod idview;
 #[cfg(target_os = "none")]
+mod irq;
+#[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod psci;

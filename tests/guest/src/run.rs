@@ -2,7 +2,7 @@
 //! and SYSTEM_OFF (also reached from the panic handler and fatal exceptions).
 
 use crate::{
-    aborts, arch, bench, boot, check, console, exceptions, idview, platform, psci, smccc, smp,
+    aborts, arch, bench, boot, check, console, exceptions, idview, irq, platform, psci, smccc, smp,
 };
 use core::sync::atomic::{AtomicBool, Ordering};
 use shared::guest_abi::{self, STATUS_PREFIX};
@@ -47,6 +47,7 @@ pub extern "C" fn primary_main(dtb: u64) -> ! {
     psci::run();
     aborts::run(ram_end);
     idview::run();
+    irq::run();
     smp::run(&p);
     if let Some(n) = guest_abi::bench_iterations(p.bootargs) {
         bench::run(n);
