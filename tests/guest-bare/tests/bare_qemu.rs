@@ -59,7 +59,12 @@ fn check_run(r: &Run, smp: u32) {
     // The interrupt checks pass on QEMU's own GICv3 too (the reference the virtual one
     // is held to).
     let irq = r.lines_starting("irq: ");
-    assert_eq!(irq.len(), 8, "{}: irq lines\n{t}", r.what);
+    assert_eq!(
+        irq.len(),
+        8 + 2 * (smp as usize - 1),
+        "{}: irq lines\n{t}",
+        r.what
+    );
     assert!(
         irq.iter().all(|l| l.ends_with(" ok")),
         "{}: irq lines\n{t}",

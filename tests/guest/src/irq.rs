@@ -24,6 +24,8 @@ const SGI_SELF: u32 = 1;
 const SGI_MASKED: u32 = 2;
 const PPI_PTIMER: u32 = 30;
 const PPI_VTIMER: u32 = 27;
+/// The SGI of the IPI round trips between CPUs (`smp.rs`).
+pub const SGI_IPI: u32 = 3;
 /// The priority the checks give their interrupts.
 const PRIO: u8 = 0xa0;
 
@@ -81,12 +83,14 @@ fn write8(addr: usize, v: u8) {
     unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
 }
 
-fn unmask_irqs() {
+/// Unmasks IRQs on this CPU.
+pub fn unmask_irqs() {
     // SAFETY: the IRQ vector handles interrupts (`on_irq`).
     unsafe { asm!("msr daifclr, #2", "isb", options(nostack)) };
 }
 
-fn mask_irqs() {
+/// Masks IRQs on this CPU.
+pub fn mask_irqs() {
     // SAFETY: masking IRQs has no other effect.
     unsafe { asm!("msr daifset, #2", options(nostack)) };
 }
@@ -105,10 +109,36 @@ static HOLD: AtomicBool = AtomicBool::new(false);
 /// INTID held active by [`HOLD`].
 static HELD: AtomicU32 = AtomicU32::new(1023);
 
+/// IPIs received, by the receiving CPU's Aff0.
+static IPIS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
+/// Who a CPU other than it answers an IPI to (0 = nobody: MPIDR affinity 0 is the boot
+/// CPU, which never answers, so the value also names it).
+static REPLY_TO: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// IPIs the CPU with affinity `mpidr` has received.
+pub fn ipis(mpidr: u64) -> u32 {
+    IPIS[(mpidr & 0xf) as usize].load(SeqCst)
+}
+
+/// Makes every other CPU answer an IPI with one back to `mpidr`.
+pub fn reply_to(mpidr: u64) {
+    REPLY_TO.store(mpidr, SeqCst);
+}
+
 /// The IRQ vector's handler: acknowledge, record, quieten timers, EOI.
 pub fn on_irq() {
     let intid = (iar1() & 0xff_ffff) as u32;
     if intid >= 1020 {
+        return;
+    }
+    if intid == SGI_IPI {
+        let me = arch::my_affinity();
+        IPIS[(me & 0xf) as usize].fetch_add(1, SeqCst);
+        set_eoir1(u64::from(intid));
+        let back = REPLY_TO.load(SeqCst);
+        if back != me && back != u64::MAX {
+            send_sgi(SGI_IPI, back);
+        }
         return;
     }
     let now = if intid == PPI_PTIMER {
@@ -210,7 +240,11 @@ pub fn run() {
         (pidr2 >> 4) & 0xf == 3 && (typer & 0x1f) >= 1,
         "irq: GICD_PIDR2={pidr2:#x} (ArchRev 3), GICD_TYPER={typer:#x} (ITLinesNumber >= 1)"
     );
-    let enable = (1 << SGI_SELF) | (1 << SGI_MASKED) | (1 << PPI_VTIMER) | (1 << PPI_PTIMER);
+    let enable = (1 << SGI_SELF)
+        | (1 << SGI_MASKED)
+        | (1 << SGI_IPI)
+        | (1 << PPI_VTIMER)
+        | (1 << PPI_PTIMER);
     let Some(rd) = init_this_cpu(enable, true) else {
         crate::check!(
             false,

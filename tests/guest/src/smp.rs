@@ -22,6 +22,7 @@
 
 use crate::arch::{self, wait_until};
 use crate::boot::{self, MAX_CPUS};
+use crate::irq;
 use crate::platform::Platform;
 use crate::smccc::{call, Ret, ALREADY_ON, INVALID_PARAMETERS, ON_PENDING, SUCCESS};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
@@ -60,6 +61,8 @@ struct Slot {
     release: AtomicBool,
     /// It is about to call CPU_OFF.
     done: AtomicBool,
+    /// Its GIC CPU interface is set up and IRQs are unmasked (plain role).
+    irq_ready: AtomicBool,
     /// Times it entered.
     entries: AtomicU32,
     /// The context id it received in x0.
@@ -77,6 +80,7 @@ impl Slot {
             calling: AtomicBool::new(false),
             release: AtomicBool::new(false),
             done: AtomicBool::new(false),
+            irq_ready: AtomicBool::new(false),
             entries: AtomicU32::new(0),
             context: AtomicU64::new(0),
             result: AtomicI64::new(NO_RESULT),
@@ -90,6 +94,7 @@ impl Slot {
         self.calling.store(false, SeqCst);
         self.release.store(false, SeqCst);
         self.done.store(false, SeqCst);
+        self.irq_ready.store(false, SeqCst);
         self.entries.store(0, SeqCst);
         self.context.store(0, SeqCst);
         self.result.store(NO_RESULT, SeqCst);
@@ -226,12 +231,38 @@ fn start_and_stop(p: &Platform, me: usize, i: usize) {
         "psci: CPU_ON cpu{i} again while it runs -> {} (want ALREADY_ON)",
         Ret(r)
     );
+    ipi_round_trip(me, p.cpus[me], i, mpidr, s);
     s.release.store(true, SeqCst);
     crate::check!(
         wait_until(TIMEOUT_S, || s.done.load(SeqCst)),
         "smp: cpu{i} finished its check"
     );
     wait_off(i, mpidr);
+}
+
+/// An SGI from this CPU to cpu `i`, which answers with one back (from its IRQ
+/// handler): both must arrive.
+fn ipi_round_trip(me: usize, my_mpidr: u64, i: usize, mpidr: u64, s: &Slot) {
+    if !crate::check!(
+        wait_until(TIMEOUT_S, || s.irq_ready.load(SeqCst)),
+        "irq: cpu{i} set up its GIC CPU interface"
+    ) {
+        return;
+    }
+    let (theirs, mine) = (irq::ipis(mpidr), irq::ipis(my_mpidr));
+    irq::reply_to(my_mpidr);
+    irq::unmask_irqs();
+    irq::send_sgi(irq::SGI_IPI, mpidr);
+    let ok = wait_until(TIMEOUT_S, || {
+        irq::ipis(mpidr) > theirs && irq::ipis(my_mpidr) > mine
+    });
+    irq::mask_irqs();
+    crate::check!(
+        ok,
+        "irq: IPI cpu{me} -> cpu{i}: received {}, answer received {}",
+        irq::ipis(mpidr) - theirs,
+        irq::ipis(my_mpidr) - mine
+    );
 }
 
 /// Polls AFFINITY_INFO until the CPU is OFF (CPU_OFF completes asynchronously).
@@ -415,7 +446,12 @@ pub extern "C" fn secondary_main(ctx: u64) -> ! {
         }
         _ => {
             s.arrived.store(true, SeqCst);
+            if irq::init_this_cpu(1 << irq::SGI_IPI, false).is_some() {
+                irq::unmask_irqs();
+                s.irq_ready.store(true, SeqCst);
+            }
             wait_until(TIMEOUT_S, || s.release.load(SeqCst));
+            irq::mask_irqs();
             self_check(s, slot, ctx, daif);
         }
     }
