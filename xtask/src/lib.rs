@@ -7,4 +7,5 @@ pub mod build;
 pub mod bundle;
 pub mod guest;
 pub mod image;
+pub mod linux;
 pub mod qemu;

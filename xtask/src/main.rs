@@ -16,6 +16,8 @@ fn main() -> ExitCode {
         Some("qemu") => qemu(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("test") => test(),
+        Some("linux-guest") => xtask::linux::fetch(&xtask::build::workspace_root())
+            .map(|g| println!("{}\n{}", g.kernel.display(), g.initramfs.display())),
         Some("hyp-image") => hyp_image::build_hyp_image(&hyp_image::workspace_root()).map(|_| ()),
         Some("guest-image") => xtask::guest::build_guest(&xtask::build::workspace_root())
             .map(|p| println!("{}", p.display())),
@@ -34,7 +36,8 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <build|qemu|bench|test|hyp-image|guest-image|size>
+const USAGE: &str =
+    "usage: cargo xtask <build|qemu|bench|test|linux-guest|hyp-image|guest-image|size>
   build   build el2 and the hyp image, then el1-host embedding it, and write the
           arm64 Image target/aarch64-unknown-none/release/el1-host.img
   qemu    build, then boot the host under QEMU with a guest under its hypervisor, and
@@ -44,7 +47,12 @@ const USAGE: &str = "usage: cargo xtask <build|qemu|bench|test|hyp-image|guest-i
                [--guest-raw] [--guest-timeout SECS] [--no-guest]
           (defaults: --cpu max --smp 2 --mem 1G --timeout 60, the test guest
           (tests/guest) with --guest-mem 128M, one vCPU per CPU, guest time limit
-          --timeout minus 20 s; --no-guest boots the host alone)
+          --timeout minus 20 s; --no-guest boots the host alone; --guest linux boots
+          the Debian kernel and busybox initramfs of `linux-guest`, with 256M and
+          \"console=ttyAMA0 earlycon\" unless given)
+  linux-guest  download Debian's arm64 kernel and busybox-static (own apt state, the
+          machine's dpkg untouched), build the initramfs, print both paths
+          (target/linux-guest/)
   bench   run the benchmarks under `-icount shift=0` (instructions, not time) and
           write docs/bench.md: bench [--cpu NAME] [--iterations N]
   test    fmt check, clippy (host + aarch64), cargo test (boot tests included), builds
@@ -112,7 +120,7 @@ fn qemu(args: &[String]) -> Result<(), String> {
     };
     let mut initrd = None;
     let mut append = String::new();
-    let mut guest_mem = xtask::bundle::DEFAULT_GUEST_MEM;
+    let mut guest_mem = None;
     let mut raw = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -144,8 +152,10 @@ fn qemu(args: &[String]) -> Result<(), String> {
             "--guest-append" => append = value()?,
             "--guest-mem" => {
                 let v = value()?;
-                guest_mem = qemu::parse_mem(&v)
-                    .ok_or_else(|| format!("--guest-mem {v}: expected a size such as 128M"))?;
+                guest_mem = Some(
+                    qemu::parse_mem(&v)
+                        .ok_or_else(|| format!("--guest-mem {v}: expected a size such as 128M"))?,
+                );
             }
             "--guest-raw" => raw = true,
             "--guest-timeout" => {
@@ -165,12 +175,26 @@ fn qemu(args: &[String]) -> Result<(), String> {
     }
     if !g.none {
         let mut spec = match g.spec.take() {
+            Some(s) if s.kernel.as_os_str() == "linux" => {
+                let linux = xtask::linux::fetch(&root)?;
+                let mut s = xtask::bundle::GuestSpec::new(linux.kernel);
+                s.initrd = Some(linux.initramfs);
+                s.append = xtask::linux::DEFAULT_APPEND.into();
+                s.guest_mem = xtask::linux::DEFAULT_MEM;
+                s
+            }
             Some(s) => s,
             None => xtask::bundle::GuestSpec::new(xtask::guest::build_guest(&root)?),
         };
-        spec.initrd = initrd;
-        spec.append = append;
-        spec.guest_mem = guest_mem;
+        if initrd.is_some() {
+            spec.initrd = initrd;
+        }
+        if !append.is_empty() {
+            spec.append = append;
+        }
+        if let Some(m) = guest_mem {
+            spec.guest_mem = m;
+        }
         spec.raw = raw;
         spec.timeout_secs = g.guest_timeout.unwrap_or_else(|| {
             cfg.timeout
