@@ -19,9 +19,9 @@
 //!   timer { compatible "arm,armv8-timer"; always-on; interrupts <PPI 13,14,11,10 level-high> } }
 //! ```
 //!
-//! The GIC and the timer are described as QEMU describes them although the guest does
-//! not get a virtual GIC yet: a kernel that needs interrupts will find out at probe
-//! time, not by reading a tree that disagrees with the board.
+//! The GIC and the timer are described as QEMU describes them; the redistributor region
+//! covers exactly the VM's vCPUs (the VMM emulates one redistributor per vCPU,
+//! `super::vgic`).
 
 use super::guest_image::DTB_SLOT;
 use super::map;

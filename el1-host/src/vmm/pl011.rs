@@ -19,7 +19,7 @@
 //! | 0x030 | CR | stored (16 bits), reset 0x300 (TXE, RXE) |
 //! | 0x034 | IFLS | stored (6 bits), reset 0x12 |
 //! | 0x038 | IMSC | stored (11 bits), reset 0 |
-//! | 0x03C | RIS | read 0 (no interrupt is ever raised: the guest has no virtual GIC yet) |
+//! | 0x03C | RIS | read 0 (no interrupt is raised yet: the UART's interrupt output is not wired to the vGIC) |
 //! | 0x040 | MIS | read RIS & IMSC = 0 |
 //! | 0x044 | ICR | write ignored; read 0 |
 //! | 0x048 | DMACR | stored (3 bits), reset 0 |

@@ -38,7 +38,7 @@ pub const SIZE: u64 = 0x1_0000;
 pub const TYPER_VALUE: u64 = (NR_IRQS as u64 / 32 - 1) | (9 << 19);
 
 fn width_ok(offset: u64, width: AccessWidth, allowed: &[AccessWidth]) -> Result<(), DeviceError> {
-    if allowed.contains(&width) && offset % u64::from(width.bytes()) == 0 {
+    if allowed.contains(&width) && offset.is_multiple_of(u64::from(width.bytes())) {
         Ok(())
     } else {
         Err(DeviceError::BadWidth { offset, width })

@@ -47,7 +47,7 @@ fn width_ok(offset: u64, width: AccessWidth, wide: bool, bytes: bool) -> Result<
         AccessWidth::Byte => bytes,
         AccessWidth::Half => false,
     };
-    if ok && offset % u64::from(width.bytes()) == 0 {
+    if ok && offset.is_multiple_of(u64::from(width.bytes())) {
         Ok(())
     } else {
         Err(DeviceError::BadWidth { offset, width })
