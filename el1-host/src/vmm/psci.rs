@@ -5,7 +5,7 @@
 //! carries out the returned [`PsciAction`]. Each vCPU's power state is an atomic, and
 //! CPU_ON claims its target with one compare-exchange, so vCPUs running on different
 //! host CPUs may call concurrently: when several race to start the same vCPU exactly
-//! one wins and the others see ON_PENDING (or ALREADY_ON once it runs).
+//! one wins and every other caller gets ALREADY_ON, as KVM answers.
 //!
 //! | call | answer |
 //! | --- | --- |
@@ -13,7 +13,7 @@
 //! | PSCI_FEATURES(fid) | 0 for every function below, NOT_SUPPORTED otherwise |
 //! | CPU_SUSPEND (32/64) | standby only: the vCPU waits for an interrupt, then SUCCESS |
 //! | CPU_OFF | the calling vCPU stops; no return. When it was the last vCPU on (none on or pending), [`PsciAction::AllOff`]: nothing can ever run again, so the VMM ends the VM |
-//! | CPU_ON (32/64) | SUCCESS and the target starts at `entry` with x0 = `context`; INVALID_PARAMETERS for an unknown or malformed MPIDR; INVALID_ADDRESS for an entry outside guest RAM or not 4-byte aligned; ALREADY_ON; ON_PENDING |
+//! | CPU_ON (32/64) | SUCCESS and the target starts at `entry` with x0 = `context`; INVALID_PARAMETERS for an unknown or malformed MPIDR; INVALID_ADDRESS for an entry outside guest RAM or not 4-byte aligned; ALREADY_ON (also while another caller's start is pending, as KVM) |
 //! | AFFINITY_INFO (32/64) | ON 0 / OFF 1 / ON_PENDING 2 at level 0; INVALID_PARAMETERS for other levels or an unknown MPIDR |
 //! | MIGRATE_INFO_TYPE | 2: no trusted OS needs migrating |
 //! | SYSTEM_OFF, SYSTEM_RESET | the VM powers off / resets; no return |
@@ -384,7 +384,8 @@ impl Psci {
                 entry,
                 context,
             },
-            Err(s) if s == PowerState::OnPending as u8 => ret(ret::ON_PENDING),
+            // A target another caller is starting is ON to every later caller, as KVM
+            // answers (guest code written against KVM accepts SUCCESS or ALREADY_ON).
             Err(_) => ret(ret::ALREADY_ON),
         }
     }
@@ -546,7 +547,8 @@ mod tests {
         assert_eq!(x0(call(&p, 0, PSCI_AFFINITY_INFO_64, 2, 0, 0)), 2);
         assert_eq!(
             x0(call(&p, 1, PSCI_CPU_ON_64, 2, ENTRY, 0)),
-            ret::ON_PENDING.into()
+            ret::ALREADY_ON.into(),
+            "a CPU_ON of a vCPU being started gets ALREADY_ON, as from KVM"
         );
         assert!(p.vcpu_started(2));
         assert!(!p.vcpu_started(2), "only once");
@@ -772,8 +774,8 @@ mod tests {
                 if let PsciAction::Return(x) = r {
                     assert_eq!(
                         x[0] as i64,
-                        ret::ON_PENDING.into(),
-                        "round {round}: {results:?}"
+                        ret::ALREADY_ON.into(),
+                        "round {round}: every loser gets ALREADY_ON: {results:?}"
                     );
                 }
             }

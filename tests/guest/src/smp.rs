@@ -5,9 +5,9 @@
 //!
 //! The race: the boot CPU starts a "racer" CPU; both spin on one flag and then call
 //! CPU_ON for the same OFF target (one round per remaining CPU, alternating which side
-//! is released first). PSCI allows exactly one SUCCESS; the other call gets ALREADY_ON
-//! or ON_PENDING depending on how far the winner's power-up has got, so both are
-//! accepted. The target records the context id it was started with (it must be the
+//! is released first). PSCI allows exactly one SUCCESS; the other call must get
+//! ALREADY_ON, as KVM answers it (PSCI would also allow ON_PENDING, but code written
+//! against KVM accepts only these two). The target records the context id it was started with (it must be the
 //! winner's) and how often it entered (once). It stays on until both answers are in, so
 //! a late loser cannot find it OFF again and legitimately start it a second time.
 //!
@@ -24,7 +24,7 @@ use crate::arch::{self, wait_until};
 use crate::boot::{self, MAX_CPUS};
 use crate::irq;
 use crate::platform::Platform;
-use crate::smccc::{call, Ret, ALREADY_ON, INVALID_PARAMETERS, ON_PENDING, SUCCESS};
+use crate::smccc::{call, Ret, ALREADY_ON, INVALID_PARAMETERS, SUCCESS};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
 use smccc::psci::{PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_64};
 
@@ -343,7 +343,7 @@ fn race(p: &Platform, me: usize, racer: usize, target: usize, racer_first: bool)
         Verdict::BothSucceeded if !crate::psci::hypervisor_channel() => {
             crate::check::deviation(format_args!(
                 "{what}: both calls returned SUCCESS, which PSCI forbids (one must get \
-                 ALREADY_ON or ON_PENDING); tolerated only without our hypervisor (bare \
+                 ALREADY_ON); tolerated only without our hypervisor (bare \
                  firmware, e.g. QEMU 7.2's built-in PSCI, which has no ON_PENDING state)"
             ));
         }
@@ -368,7 +368,7 @@ struct RaceOutcome {
 /// What a race outcome means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    /// One SUCCESS, the other ALREADY_ON or ON_PENDING, the target started once with
+    /// One SUCCESS, the other ALREADY_ON, the target started once with
     /// the winner's context id.
     Ok,
     /// Both SUCCESS (the target started once or twice, with either context id).
@@ -387,7 +387,7 @@ impl Verdict {
             Verdict::Ok => "as PSCI requires",
             Verdict::BothSucceeded => "both calls returned SUCCESS",
             Verdict::NoneSucceeded => "no call returned SUCCESS",
-            Verdict::WrongLoserAnswer => "the losing call must get ALREADY_ON or ON_PENDING",
+            Verdict::WrongLoserAnswer => "the losing call must get ALREADY_ON",
             Verdict::WrongStart => "the target must start once, with the winner's context id",
         }
     }
@@ -408,7 +408,9 @@ impl RaceOutcome {
             (true, false) => (self.mine_ctx, self.theirs),
             (false, true) => (self.theirs_ctx, self.mine),
         };
-        if loser != ALREADY_ON && loser != ON_PENDING {
+        // KVM and QEMU's own PSCI both answer ALREADY_ON; code written against KVM
+        // accepts nothing else.
+        if loser != ALREADY_ON {
             Verdict::WrongLoserAnswer
         } else if self.entries != 1 || self.got_ctx != winner_ctx {
             Verdict::WrongStart
